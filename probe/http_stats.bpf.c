@@ -1,0 +1,652 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+/*
+ * scope-http-statistics probe: counts, per process, the HTTP/1.x requests it
+ * reads from TCP sockets and the responses (by status code) it writes to them.
+ *
+ * Layers:
+ *   hooks   one small program per syscall tracepoint; the enter side decides
+ *           in the kernel whether the fd is a TCP socket and remembers the
+ *           user buffer, the exit side hands (process, buffer, length) on.
+ *   parsing parse_buffer()/scan_headers(): find every message start in a
+ *           buffer (pipelining), skipping bodies by Content-Length.
+ *   counting process_counts, keyed by tgid, removed when the process exits.
+ * Nothing is sent to userspace per request: the daemon reads the maps once a
+ * second.
+ */
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#include "http_stats.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ---- the few kernel fields we read, relocated by CO-RE at load time ---- */
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	unsigned short skc_family;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	short type;
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+/* Syscall tracepoint records: a stable ABI (see the format files under events/syscalls/). */
+struct syscall_enter_args {
+	__u64 common;
+	long id;
+	unsigned long args[6];
+};
+
+struct syscall_exit_args {
+	__u64 common;
+	long id;
+	long ret;
+};
+
+/* User ABI structs (x86_64 / any LP64). */
+struct user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+struct user_msghdr {
+	__u64 msg_name;
+	__u32 msg_namelen;
+	__u32 pad;
+	__u64 msg_iov;
+	__u64 msg_iovlen;
+};
+
+#define S_IFMT 0170000
+#define S_IFSOCK 0140000
+#define SOCK_STREAM 1
+#define AF_INET 2
+#define AF_INET6 10
+#define MSG_PEEK 2
+#define E2BIG 7
+
+/* Direction of a socket transfer, from the traced process's side. */
+#define DIR_READ 0  /* bytes received: requests are counted */
+#define DIR_WRITE 1 /* bytes sent: responses are counted */
+
+/* Parsing bounds (the verifier needs every loop bounded). */
+#define SCAN_WINDOW 4096 /* bytes of a buffer copied and scanned, from the first message start */
+#define SCAN_SLACK 32    /* lets header-name checks read past a line start without bounds math */
+#define MAX_MESSAGES 16  /* message starts counted per buffer (pipelining) */
+#define MAX_SEGMENTS 8   /* iovecs walked per readv/writev/recvmsg/sendmsg */
+#define SCAN_CHUNK_STEPS 64 /* 8-byte steps or header lines per scan_lines() call */
+#define SCAN_CHUNKS 12   /* scan_lines() calls per header block */
+#define MIN_MESSAGE 16   /* shortest complete message: "HTTP/1.0 200\r\n\r\n" */
+#define MAX_BODY 0x7fffffff
+#define PARSE_STOP (-1)
+
+/* ---- maps ---- */
+
+/* Writer: sys_enter_* of the eight socket I/O syscalls, for TCP sockets only.
+ * Reader: the matching sys_exit_*, which deletes the entry; sched_process_exit
+ * deletes what a dying thread left. Bound: threads inside a socket syscall at
+ * once; when full, the transfer is not seen and DROP_INFLIGHT_MAP_FULL counts it. */
+struct pending_io {
+	__u64 buf;    /* user buffer, or user iovec array when iovcnt > 0 */
+	__u32 iovcnt; /* 0 for read/write/recvfrom/sendto */
+	__u32 dir;    /* DIR_READ or DIR_WRITE */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u64); /* pid_tgid: one syscall in flight per thread */
+	__type(value, struct pending_io);
+} io_inflight SEC(".maps");
+
+/* Writer: parse_buffer() creates and increments; sched_process_exit deletes.
+ * Reader: the daemon, once a second. Bound: max_entries (the daemon may set it
+ * at load); a new process that finds it full is skipped and
+ * DROP_PROCESS_MAP_FULL counts each skipped buffer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* tgid, in the initial pid namespace */
+	__type(value, struct process_counts);
+} process_counts SEC(".maps");
+
+/* Writer: the probe, per CPU, indexed by enum probe_drop. Reader: the daemon
+ * sums the CPUs. Bound: DROP_REASONS entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} probe_drops SEC(".maps");
+
+/* Per-CPU working memory for parsing (too big for the 512-byte BPF stack).
+ * Writer and reader: parse_buffer()/scan_headers() on the same CPU within one
+ * program run. */
+struct scan_scratch {
+	char data[SCAN_WINDOW + SCAN_SLACK];
+	__s64 content_length; /* -1 when the headers have none */
+	__u32 chunked;        /* Transfer-Encoding present: body length unknown */
+	struct process_counts fresh; /* a new process_counts entry, built here, not on the stack */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scan_scratch);
+} scratch SEC(".maps");
+
+/* ---- helpers ---- */
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&probe_drops, &reason);
+
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+#define W4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
+#define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
+#define LOW_BYTES(n) ((n) == 8 ? ~0ULL : (1ULL << ((n) * 8)) - 1)
+
+/* Returns 1 when p starts an HTTP/1.x request line (method token and a space). */
+static __always_inline int is_request_start(const char *p)
+{
+	__u64 w = *(const __u64 *)p;
+	__u64 w4 = w & LOW_BYTES(4), w5 = w & LOW_BYTES(5);
+	__u64 w6 = w & LOW_BYTES(6), w7 = w & LOW_BYTES(7);
+
+	return w4 == W4('G', 'E', 'T', ' ') || w4 == W4('P', 'U', 'T', ' ') ||
+	       w5 == W8('P', 'O', 'S', 'T', ' ', 0, 0, 0) ||
+	       w5 == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0) ||
+	       w6 == W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0) ||
+	       w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0) ||
+	       w7 == W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0) ||
+	       w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ') ||
+	       w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ');
+}
+
+static __always_inline int is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Returns the status code when p starts "HTTP/1.0 NNN" or "HTTP/1.1 NNN"
+ * followed by a space or CR, else 0. */
+static __always_inline __u32 response_status(const char *p)
+{
+	__u64 w = *(const __u64 *)p;
+
+	if (w != W8('H', 'T', 'T', 'P', '/', '1', '.', '1') &&
+	    w != W8('H', 'T', 'T', 'P', '/', '1', '.', '0'))
+		return 0;
+	if (p[8] != ' ' || p[9] < '1' || p[9] > '5' || !is_digit(p[10]) || !is_digit(p[11]) ||
+	    (p[12] != ' ' && p[12] != '\r'))
+		return 0;
+	return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+}
+
+/* Returns 1 for a request (DIR_READ), the status code for a response
+ * (DIR_WRITE), 0 when p starts neither. */
+static __always_inline __u32 message_start(const char *p, __u32 dir)
+{
+	return dir == DIR_READ ? is_request_start(p) : response_status(p);
+}
+
+/* Case-insensitive compare of a header name of up to 16 bytes; OR-ing 0x20
+ * lowercases letters and leaves '-' and ':' as they are. */
+static __always_inline int header_is(const char *line, __u64 lo, __u64 hi, __u64 hi_mask)
+{
+	__u64 a = *(const __u64 *)line | 0x2020202020202020ULL;
+	__u64 b = (*(const __u64 *)(line + 8) | 0x2020202020202020ULL) & hi_mask;
+
+	return a == lo && b == hi;
+}
+
+/* Value of a "Content-Length:" line (up to 3 spaces, then up to 10 digits),
+ * or -1 when it has no digits. */
+static __always_inline __s64 parse_length(const char *line, __u32 rest)
+{
+	__u64 v = 0;
+	__u32 digits = 0;
+
+	for (__u32 j = 15; j < 15 + 13 && j < rest; j++) {
+		char c = line[j];
+
+		if (c == ' ' || c == '\t') {
+			if (digits)
+				break;
+			continue;
+		}
+		if (!is_digit(c))
+			break;
+		v = v * 10 + (c - '0');
+		digits++;
+	}
+	if (!digits)
+		return -1;
+	return v > MAX_BODY ? MAX_BODY : v;
+}
+
+/* Index of the first '\n' byte in w (little-endian), or 8 when there is none. */
+static __always_inline __u32 first_newline(__u64 w)
+{
+	__u64 x = w ^ 0x0a0a0a0a0a0a0a0aULL;
+	/* High bit of each byte that was '\n' (exact for the lowest such byte). */
+	__u64 m = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+
+	if (!m)
+		return 8;
+	/* Lowest set bit is 256^k << 7; multiplying by 0x0001..07 puts k in the top byte. */
+	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+/*
+ * Looks at the header line starting at offset i of the scratch window (n bytes
+ * valid). Returns the length of the line break when it is the blank line that
+ * ends the header block (2 for CRLF, 1 for LF), else 0, after recording
+ * Content-Length and Transfer-Encoding in the scratch. Global, so the
+ * verifier checks it once rather than at every step of scan_lines().
+ */
+__noinline int header_line(__u32 i, __u32 n)
+{
+	__u32 key = 0;
+	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+
+	if (!s || i >= n || n > SCAN_WINDOW)
+		return 0;
+	__u32 rest = n - i;
+	const char *line = &s->data[i & (SCAN_WINDOW - 1)];
+
+	if (line[0] == '\n')
+		return 1;
+	if (rest >= 2 && line[0] == '\r' && line[1] == '\n')
+		return 2;
+	if (rest >= 16 && header_is(line, W8('c', 'o', 'n', 't', 'e', 'n', 't', '-'),
+				    W8('l', 'e', 'n', 'g', 't', 'h', ':', 0), LOW_BYTES(7)))
+		s->content_length = parse_length(line, rest);
+	else if (rest >= 18 && header_is(line, W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r'),
+					 W8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n'), ~0ULL))
+		s->chunked = 1;
+	return 0;
+}
+
+#define HEADERS_END 0x40000000 /* scan_lines() result flag: the header block ends here */
+
+/*
+ * Scans at most SCAN_CHUNK_STEPS steps (an 8-byte word, or one header line)
+ * of the scratch window from i, a position inside the header block. Returns
+ * HEADERS_END | the offset just past the block, or the position to resume
+ * from, or 0 when the block does not end inside the window. Records
+ * Content-Length and Transfer-Encoding in the scratch. A global function, so
+ * the verifier walks one chunk of the scan, not all of it.
+ */
+__noinline int scan_lines(__u32 i, __u32 n)
+{
+	__u32 key = 0;
+	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+
+	if (!s)
+		return 0;
+	for (__u32 step = 0; step < SCAN_CHUNK_STEPS; step++) {
+		if (i >= n || n > SCAN_WINDOW)
+			return 0;
+		i &= SCAN_WINDOW - 1;
+		__u32 nl = i + first_newline(*(const __u64 *)&s->data[i]);
+
+		if (nl >= n)
+			return 0;
+		if (nl - i == 8) {
+			i = nl;
+			continue;
+		}
+		i = nl + 1; /* the next line starts here */
+		int blank = header_line(i, n);
+
+		if (blank)
+			return HEADERS_END | (i + blank);
+	}
+	return i;
+}
+
+/* Finds the end of the header block of the message starting at pos: the
+ * offset just past it, or 0 when it is not inside the first n bytes. */
+static __always_inline __u32 scan_headers(struct scan_scratch *s, __u32 pos, __u32 n)
+{
+	s->content_length = -1;
+	s->chunked = 0;
+	for (__u32 chunk = 0; chunk < SCAN_CHUNKS; chunk++) {
+		int r = scan_lines(pos, n);
+
+		if (r <= 0)
+			return 0;
+		if (r & HEADERS_END)
+			return r & ~HEADERS_END;
+		pos = r;
+	}
+	return 0;
+}
+
+static __always_inline struct process_counts *process_entry(struct scan_scratch *s, __u32 tgid)
+{
+	struct process_counts *pc = bpf_map_lookup_elem(&process_counts, &tgid);
+
+	if (pc)
+		return pc;
+	__builtin_memset(&s->fresh, 0, sizeof(s->fresh));
+	s->fresh.first_seen_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(s->fresh.comm, sizeof(s->fresh.comm));
+	/* NOEXIST: another thread of the process may have created it meanwhile. */
+	if (bpf_map_update_elem(&process_counts, &tgid, &s->fresh, BPF_NOEXIST) == -E2BIG)
+		count_drop(DROP_PROCESS_MAP_FULL);
+	return bpf_map_lookup_elem(&process_counts, &tgid);
+}
+
+static __always_inline void count_response(struct process_counts *pc, __u32 code)
+{
+	for (__u32 i = 0; i < MAX_CODES_PER_PROCESS; i++) {
+		__u32 c = pc->codes[i];
+
+		if (c == 0)
+			c = __sync_val_compare_and_swap(&pc->codes[i], 0, code) ?: code;
+		if (c == code) {
+			__sync_fetch_and_add(&pc->responses[i], 1);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&pc->untracked_responses, 1);
+}
+
+/*
+ * The counting core: counts every message that starts in the user buffer
+ * [buf, buf+len). skip is how many leading bytes still belong to the body of a
+ * message counted in an earlier segment of the same syscall. Returns the
+ * number of bytes of the last message's body that run past this buffer, or
+ * PARSE_STOP when the next message start cannot be known.
+ */
+__noinline int parse_buffer(__u32 tgid, __u64 buf, __u32 len, __u32 dir, __u32 skip)
+{
+	__u32 key = 0;
+	struct scan_scratch *s;
+	struct process_counts *pc;
+
+	if (skip >= len)
+		return skip - len;
+	__u32 avail = len - skip; /* bytes from the first message start to the buffer's end */
+	__u32 n = avail < SCAN_WINDOW ? avail : SCAN_WINDOW;
+
+	if (n < MIN_MESSAGE)
+		return PARSE_STOP;
+	s = bpf_map_lookup_elem(&scratch, &key);
+	if (!s)
+		return PARSE_STOP;
+	/* Look at 16 bytes first: most socket traffic is not an HTTP start and
+	 * should not pay for copying the whole window. */
+	if (bpf_probe_read_user(s->data, MIN_MESSAGE, (const void *)(buf + skip)))
+		return PARSE_STOP;
+	if (!message_start(s->data, dir))
+		return PARSE_STOP;
+	pc = process_entry(s, tgid);
+	if (!pc)
+		return PARSE_STOP;
+	if (bpf_probe_read_user(s->data, n, (const void *)(buf + skip)))
+		return PARSE_STOP;
+
+	__u32 pos = 0; /* start of the current message, relative to buf + skip */
+	for (__u32 m = 0; m < MAX_MESSAGES; m++) {
+		__u32 code = message_start(&s->data[pos & (SCAN_WINDOW - 1)], dir);
+
+		if (!code)
+			return PARSE_STOP;
+		if (dir == DIR_READ)
+			__sync_fetch_and_add(&pc->requests, 1);
+		else
+			count_response(pc, code);
+
+		__u32 end = scan_headers(s, pos, n);
+
+		if (!end || s->chunked)
+			return PARSE_STOP;
+		__u64 body = s->content_length < 0 ? 0 : s->content_length;
+
+		if (dir == DIR_WRITE) {
+			/* No body: 1xx, 204, 304 always; a response to HEAD carries a
+			 * Content-Length but no body, which shows as the next status
+			 * line right after the headers. A response without a length
+			 * runs to the connection's end. */
+			if (code < 200 || code == 204 || code == 304)
+				body = 0;
+			else if (end + MIN_MESSAGE <= n &&
+				 response_status(&s->data[end & (SCAN_WINDOW - 1)]))
+				body = 0;
+			else if (s->content_length < 0)
+				return PARSE_STOP;
+		}
+		__u64 next = end + body;
+
+		if (next >= avail)
+			return next - avail > MAX_BODY ? PARSE_STOP : (int)(next - avail);
+		if (next + MIN_MESSAGE > n) {
+			/* More bytes follow, but outside the scanned window. */
+			count_drop(DROP_MESSAGE_LIMIT);
+			return PARSE_STOP;
+		}
+		pos = next;
+	}
+	count_drop(DROP_MESSAGE_LIMIT);
+	return PARSE_STOP;
+}
+
+/* ---- hook layer ---- */
+
+/* Whether fd of the current task is a TCP (stream, inet/inet6) socket. */
+static __always_inline int is_tcp_socket(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = 0;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+
+	if (BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return 0;
+	unsigned short family = BPF_CORE_READ(sock, sk, __sk_common.skc_family);
+
+	return family == AF_INET || family == AF_INET6;
+}
+
+/* Enter side: remember where the data goes, only for TCP sockets. */
+static __always_inline int remember_io(__u32 fd, __u64 buf, __u32 iovcnt, __u32 dir)
+{
+	if (!is_tcp_socket(fd))
+		return 0;
+
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_io io = {.buf = buf, .iovcnt = iovcnt, .dir = dir};
+
+	if (bpf_map_update_elem(&io_inflight, &id, &io, BPF_ANY))
+		count_drop(DROP_INFLIGHT_MAP_FULL);
+	return 0;
+}
+
+static __always_inline int remember_msghdr(__u32 fd, __u64 msg, __u64 flags, __u32 dir)
+{
+	struct user_msghdr m;
+
+	if ((flags & MSG_PEEK) || bpf_probe_read_user(&m, sizeof(m), (const void *)msg))
+		return 0;
+	if (!m.msg_iovlen)
+		return 0;
+	return remember_io(fd, m.msg_iov, m.msg_iovlen > 1024 ? 1024 : m.msg_iovlen, dir);
+}
+
+/* Walks an iovec array as one stream: a body that runs past a segment is
+ * skipped at the start of the next. */
+static __always_inline void handle_iovecs(__u32 tgid, __u64 iov, __u32 iovcnt, __u64 total,
+					  __u32 dir)
+{
+	int skip = 0;
+
+	for (__u32 i = 0; i < MAX_SEGMENTS; i++) {
+		struct user_iovec v;
+
+		if (i >= iovcnt || !total)
+			return;
+		if (bpf_probe_read_user(&v, sizeof(v), (const void *)(iov + i * sizeof(v))))
+			return;
+		__u64 seg = v.len < total ? v.len : total;
+
+		total -= seg;
+		if (seg > MAX_BODY)
+			seg = MAX_BODY;
+		skip = parse_buffer(tgid, v.base, seg, dir, skip);
+		if (skip < 0)
+			return;
+	}
+	if (total && iovcnt > MAX_SEGMENTS)
+		count_drop(DROP_SEGMENT_LIMIT);
+}
+
+/* Exit side: hand (process, buffer, length) to the counting core. */
+static __always_inline int complete_io(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_io *p = bpf_map_lookup_elem(&io_inflight, &id);
+
+	if (!p)
+		return 0;
+	struct pending_io io = *p;
+
+	bpf_map_delete_elem(&io_inflight, &id);
+	if (ret < MIN_MESSAGE)
+		return 0;
+	if (io.iovcnt)
+		handle_iovecs(id >> 32, io.buf, io.iovcnt, ret, io.dir);
+	else
+		parse_buffer(id >> 32, io.buf, ret > MAX_BODY ? MAX_BODY : ret, io.dir, 0);
+	return 0;
+}
+
+#define ARG(i) (ctx->args[i])
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int enter_read(struct syscall_enter_args *ctx)
+{
+	return ARG(2) < MIN_MESSAGE ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_READ);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct syscall_enter_args *ctx)
+{
+	if (ARG(2) < MIN_MESSAGE || (ARG(3) & MSG_PEEK))
+		return 0;
+	return remember_io(ARG(0), ARG(1), 0, DIR_READ);
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int enter_readv(struct syscall_enter_args *ctx)
+{
+	return ARG(2) == 0 ? 0 : remember_io(ARG(0), ARG(1), ARG(2) > 1024 ? 1024 : ARG(2), DIR_READ);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct syscall_enter_args *ctx)
+{
+	return remember_msghdr(ARG(0), ARG(1), ARG(2), DIR_READ);
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int enter_write(struct syscall_enter_args *ctx)
+{
+	return ARG(2) < MIN_MESSAGE ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_WRITE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct syscall_enter_args *ctx)
+{
+	return ARG(2) < MIN_MESSAGE ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_WRITE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int enter_writev(struct syscall_enter_args *ctx)
+{
+	return ARG(2) == 0 ? 0
+			   : remember_io(ARG(0), ARG(1), ARG(2) > 1024 ? 1024 : ARG(2), DIR_WRITE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct syscall_enter_args *ctx)
+{
+	return remember_msghdr(ARG(0), ARG(1), ARG(2), DIR_WRITE);
+}
+
+/* All eight exits share complete_io(); each needs its own program. */
+#define EXIT_HOOK(name)                                         \
+	SEC("tracepoint/syscalls/sys_exit_" #name)              \
+	int exit_##name(struct syscall_exit_args *ctx)          \
+	{                                                       \
+		return complete_io(ctx->ret);                   \
+	}
+
+EXIT_HOOK(read)
+EXIT_HOOK(recvfrom)
+EXIT_HOOK(readv)
+EXIT_HOOK(recvmsg)
+EXIT_HOOK(write)
+EXIT_HOOK(sendto)
+EXIT_HOOK(writev)
+EXIT_HOOK(sendmsg)
+
+/* Fires for every exiting thread: drop what it left in flight, and when the
+ * whole process goes (its leader exits), its counts, so that a reused pid
+ * starts from zero. */
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+
+	bpf_map_delete_elem(&io_inflight, &id);
+	if ((__u32)id == tgid)
+		bpf_map_delete_elem(&process_counts, &tgid);
+	return 0;
+}

@@ -1,0 +1,170 @@
+//! Command-line parsing: a pure function from arguments to what to do.
+
+use std::path::PathBuf;
+
+use log::LevelFilter;
+
+pub const DEFAULT_SOCKET: &str = "/var/run/scope/plugins/http-statistics/http-statistics.sock";
+
+/// Default bound of the kernel's per-process table (process_counts).
+pub const DEFAULT_MAX_PROCESSES: u32 = 16384;
+
+pub const USAGE: &str = "\
+scope-http-statistics: per-process HTTP request and response-code rates, measured
+in the kernel with eBPF, served as a Weave Scope plugin on a Unix socket.
+
+Usage: scope-http-statistics [OPTIONS]
+
+Options:
+  --socket PATH          Unix socket to serve GET /report and GET /metrics on
+                         [default: /var/run/scope/plugins/http-statistics/http-statistics.sock]
+                         The plugin id Scope shows is the file name without extension.
+  --hostname NAME        Host part of Scope node ids (<host>;<pid>)
+                         [default: $SCOPE_HOSTNAME, else the machine's hostname]
+  --max-processes N      Processes the kernel table holds at once [default: 16384]
+  --log-level LEVEL      error, warn, info or debug [default: info]
+  -h, --help             Print this help and exit
+  -V, --version          Print the version and exit
+
+Needs root (or CAP_BPF and CAP_PERFMON). SIGINT/SIGTERM remove the socket and exit 0.
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub hostname: Option<String>,
+    pub max_processes: u32,
+    pub log_level: LevelFilter,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// Parses the arguments after the program name. Accepts `--opt value` and
+/// `--opt=value`.
+pub fn parse<I, S>(args: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut config = Config {
+        socket: PathBuf::from(DEFAULT_SOCKET),
+        hostname: None,
+        max_processes: DEFAULT_MAX_PROCESSES,
+        log_level: LevelFilter::Info,
+    };
+    let mut args = args.into_iter().map(Into::into);
+    while let Some(arg) = args.next() {
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            match inline_value.clone().or_else(|| args.next()) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(format!("{name} needs a value")),
+            }
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--socket" => config.socket = PathBuf::from(value("--socket")?),
+            "--hostname" => config.hostname = Some(value("--hostname")?),
+            "--max-processes" => {
+                let v = value("--max-processes")?;
+                config.max_processes = match v.parse::<u32>() {
+                    Ok(n) if (1..=1 << 22).contains(&n) => n,
+                    _ => {
+                        return Err(format!(
+                            "--max-processes: {v:?} is not a number from 1 to 4194304"
+                        ))
+                    }
+                };
+            }
+            "--log-level" => {
+                let v = value("--log-level")?;
+                config.log_level = match v.to_ascii_lowercase().as_str() {
+                    "error" => LevelFilter::Error,
+                    "warn" | "warning" => LevelFilter::Warn,
+                    "info" => LevelFilter::Info,
+                    "debug" => LevelFilter::Debug,
+                    "trace" => LevelFilter::Trace,
+                    _ => {
+                        return Err(format!(
+                            "--log-level: {v:?} is not one of error, warn, info, debug"
+                        ))
+                    }
+                };
+            }
+            _ => return Err(format!("unknown argument {arg:?} (see --help)")),
+        }
+    }
+    Ok(Command::Run(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Config {
+        match parse(args.iter().copied()) {
+            Ok(Command::Run(c)) => c,
+            other => panic!("expected a run config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&[]);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.hostname, None);
+        assert_eq!(c.max_processes, DEFAULT_MAX_PROCESSES);
+        assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn options_with_space_or_equals() {
+        let c = run(&[
+            "--socket",
+            "/tmp/a/x.sock",
+            "--hostname=h1",
+            "--log-level",
+            "DEBUG",
+            "--max-processes=10",
+        ]);
+        assert_eq!(c.socket, PathBuf::from("/tmp/a/x.sock"));
+        assert_eq!(c.hostname.as_deref(), Some("h1"));
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert_eq!(c.max_processes, 10);
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(["--help"]), Ok(Command::Help));
+        assert_eq!(parse(["-V"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(parse(["--socket"]).unwrap_err().contains("needs a value"));
+        assert!(parse(["--log-level", "loud"])
+            .unwrap_err()
+            .contains("--log-level"));
+        assert!(parse(["--max-processes", "0"])
+            .unwrap_err()
+            .contains("--max-processes"));
+        assert!(parse(["--max-processes", "-5"])
+            .unwrap_err()
+            .contains("--max-processes"));
+        assert!(parse(["--bogus"]).unwrap_err().contains("unknown argument"));
+        assert!(parse(["--hostname="])
+            .unwrap_err()
+            .contains("needs a value"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The main thread: load the probe, serve the socket, and once a second turn
+//! the kernel's counters into a fresh report and metrics page.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{info, warn, LevelFilter};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::cli::Config;
+use crate::probe::Probe;
+use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
+use crate::server::{plugin_id, Rendered, RenderedSlot, SocketServer};
+use crate::{metrics, report};
+
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the loop looks at the signal flags while waiting.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// `$SCOPE_HOSTNAME` (as Scope's own probe does), else the machine's name;
+/// `--hostname` overrides both.
+fn resolve_hostname(flag: Option<&str>) -> Result<String, String> {
+    if let Some(h) = flag {
+        return Ok(h.to_string());
+    }
+    if let Ok(h) = std::env::var("SCOPE_HOSTNAME") {
+        if !h.is_empty() {
+            return Ok(h);
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .map_err(|e| format!("cannot read the hostname: {e} (use --hostname)"))
+}
+
+fn init_logging(level: LevelFilter) {
+    // Fails only when a logger is already set, which cannot happen here.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init();
+}
+
+/// Logs once when a drop counter starts growing, and once when it stops:
+/// a full map would otherwise log on every snapshot.
+#[derive(Default)]
+struct DropEpisodes {
+    last: ProbeDrops,
+    growing: [bool; 4],
+}
+
+impl DropEpisodes {
+    fn observe(&mut self, now: ProbeDrops, max_processes: u32) {
+        let before = self.last.by_reason();
+        for (i, (reason, count)) in now.by_reason().into_iter().enumerate() {
+            let grew = count > before[i].1;
+            if grew && !self.growing[i] {
+                let hint = match reason {
+                    "process_map_full" => {
+                        format!(": the table of {max_processes} processes is full, new processes are not counted (raise --max-processes)")
+                    }
+                    "inflight_map_full" => ": too many threads inside socket syscalls at once; some transfers are not seen".into(),
+                    _ => ": some pipelined messages were beyond what the probe scans per buffer".into(),
+                };
+                warn!("probe drops ({reason}) started, {count} so far{hint}");
+            } else if !grew && self.growing[i] {
+                info!("probe drops ({reason}) stopped at {count}");
+            }
+            self.growing[i] = grew;
+        }
+        self.last = now;
+    }
+}
+
+fn render(
+    plugin_id: &str,
+    hostname: &str,
+    snapshot: &CounterSnapshot,
+    tracker: &mut RateTracker,
+    elapsed: f64,
+    max_processes: u32,
+) -> Rendered {
+    let rates = tracker.update(snapshot, elapsed);
+    let date = report::rfc3339(SystemTime::now());
+    Rendered {
+        report: Arc::from(report::render(plugin_id, hostname, &rates, &date).into_bytes()),
+        metrics: Arc::from(metrics::render(snapshot, max_processes).into_bytes()),
+    }
+}
+
+pub fn run(config: Config) -> Result<(), String> {
+    init_logging(config.log_level);
+    let plugin_id = plugin_id(&config.socket)?;
+    let hostname = resolve_hostname(config.hostname.as_deref())?;
+
+    // Registered before anything is created, so that a signal during
+    // start-up still ends in a clean exit.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [(SIGTERM, &stop), (SIGINT, &stop), (SIGHUP, &hup)] {
+        signal_hook::flag::register(signal, Arc::clone(flag))
+            .map_err(|e| format!("cannot install a handler for signal {signal}: {e}"))?;
+    }
+
+    let probe = Probe::load(config.max_processes)?;
+    info!(
+        "probe attached to the syscall tracepoints (up to {} processes)",
+        config.max_processes
+    );
+    let mut tracker = RateTracker::default();
+    let mut last = Instant::now();
+    let first = render(
+        &plugin_id,
+        &hostname,
+        &CounterSnapshot::default(),
+        &mut tracker,
+        0.0,
+        config.max_processes,
+    );
+    let slot: RenderedSlot = Arc::new(Mutex::new(first));
+    let server = SocketServer::start(&config.socket, Arc::clone(&slot))?;
+    info!("serving plugin {plugin_id:?} for host {hostname:?}");
+
+    let mut episodes = DropEpisodes::default();
+    let mut next = last + SNAPSHOT_INTERVAL;
+    while !stop.load(Ordering::Relaxed) {
+        if hup.swap(false, Ordering::Relaxed) {
+            info!("SIGHUP: nothing to reload, carrying on");
+        }
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(SIGNAL_POLL));
+            continue;
+        }
+        let snapshot = probe.snapshot();
+        let elapsed = now.duration_since(last).as_secs_f64();
+        last = now;
+        // Keep to the one-second grid; after a stall, start afresh from now.
+        next = if now > next + SNAPSHOT_INTERVAL {
+            now + SNAPSHOT_INTERVAL
+        } else {
+            next + SNAPSHOT_INTERVAL
+        };
+        episodes.observe(snapshot.drops, config.max_processes);
+        let rendered = render(
+            &plugin_id,
+            &hostname,
+            &snapshot,
+            &mut tracker,
+            elapsed,
+            config.max_processes,
+        );
+        match slot.lock() {
+            Ok(mut s) => *s = rendered,
+            Err(poisoned) => *poisoned.into_inner() = rendered,
+        }
+    }
+    info!("stopping: removing {}", config.socket.display());
+    drop(server);
+    drop(probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_flag_wins() {
+        assert_eq!(resolve_hostname(Some("h1")).unwrap(), "h1");
+    }
+
+    #[test]
+    fn drop_episodes_track_growth() {
+        let mut e = DropEpisodes::default();
+        let full = |n| ProbeDrops {
+            process_map_full: n,
+            ..ProbeDrops::default()
+        };
+        e.observe(full(5), 10);
+        assert!(e.growing[0]);
+        e.observe(full(9), 10);
+        assert!(e.growing[0]);
+        e.observe(full(9), 10);
+        assert!(!e.growing[0]);
+    }
+}

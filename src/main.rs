@@ -1,0 +1,38 @@
+//! scope-http-statistics: wires the CLI, the probe, the snapshot loop and the
+//! socket server together. Errors are reported once, here.
+
+mod cli;
+mod daemon;
+mod metrics;
+mod probe;
+mod rates;
+mod report;
+mod server;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = match cli::parse(std::env::args().skip(1)) {
+        Ok(cli::Command::Run(config)) => config,
+        Ok(cli::Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Command::Version) => {
+            println!("scope-http-statistics {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("scope-http-statistics: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("scope-http-statistics: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Prometheus text exposition (GET /metrics, format 0.0.4): pure rendering of
+//! the cumulative counters.
+
+use std::fmt::Write;
+
+use crate::rates::CounterSnapshot;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every counter in `snapshot`; `tracked_limit` is the kernel
+/// table's bound, exported so that operators can alert before it fills.
+pub fn render(snapshot: &CounterSnapshot, tracked_limit: u32) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "http_server_requests_total",
+        "counter",
+        "HTTP/1.x requests the process read from TCP sockets since the daemon started.",
+    );
+    for p in &snapshot.processes {
+        let _ = writeln!(
+            out,
+            "http_server_requests_total{{pid=\"{}\",comm=\"{}\"}} {}",
+            p.pid,
+            escape(&p.comm),
+            p.requests
+        );
+    }
+    header(
+        &mut out,
+        "http_server_responses_total",
+        "counter",
+        "HTTP/1.x responses the process wrote to TCP sockets since the daemon started, by status code \
+         (code=\"other\": codes beyond the per-process slots).",
+    );
+    for p in &snapshot.processes {
+        let comm = escape(&p.comm);
+        for (code, count) in &p.responses {
+            let _ = writeln!(
+                out,
+                "http_server_responses_total{{pid=\"{}\",comm=\"{comm}\",code=\"{code}\"}} {count}",
+                p.pid
+            );
+        }
+        if p.untracked_responses > 0 {
+            let _ = writeln!(
+                out,
+                "http_server_responses_total{{pid=\"{}\",comm=\"{comm}\",code=\"other\"}} {}",
+                p.pid, p.untracked_responses
+            );
+        }
+    }
+    header(
+        &mut out,
+        "scope_http_statistics_probe_drops_total",
+        "counter",
+        "Processes or transfers the probe saw but could not count, by reason.",
+    );
+    for (reason, count) in snapshot.drops.by_reason() {
+        let _ = writeln!(
+            out,
+            "scope_http_statistics_probe_drops_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
+    header(
+        &mut out,
+        "scope_http_statistics_tracked_processes",
+        "gauge",
+        "Processes with HTTP counters in the kernel table.",
+    );
+    let _ = writeln!(
+        out,
+        "scope_http_statistics_tracked_processes {}",
+        snapshot.processes.len()
+    );
+    header(
+        &mut out,
+        "scope_http_statistics_tracked_processes_limit",
+        "gauge",
+        "Bound of the kernel table; new processes are skipped when it is full.",
+    );
+    let _ = writeln!(
+        out,
+        "scope_http_statistics_tracked_processes_limit {tracked_limit}"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rates::{ProbeDrops, ProcessCounts};
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let snapshot = CounterSnapshot {
+            processes: vec![ProcessCounts {
+                pid: 42,
+                first_seen_ns: 1,
+                comm: "we\"ird\\n".into(),
+                requests: 7,
+                responses: [(200, 5), (404, 2)].into_iter().collect(),
+                untracked_responses: 1,
+            }],
+            drops: ProbeDrops {
+                process_map_full: 3,
+                ..ProbeDrops::default()
+            },
+        };
+        let out = render(&snapshot, 100);
+        let expected = [
+            "# TYPE http_server_requests_total counter",
+            "http_server_requests_total{pid=\"42\",comm=\"we\\\"ird\\\\n\"} 7",
+            "http_server_responses_total{pid=\"42\",comm=\"we\\\"ird\\\\n\",code=\"200\"} 5",
+            "http_server_responses_total{pid=\"42\",comm=\"we\\\"ird\\\\n\",code=\"404\"} 2",
+            "http_server_responses_total{pid=\"42\",comm=\"we\\\"ird\\\\n\",code=\"other\"} 1",
+            "scope_http_statistics_probe_drops_total{reason=\"process_map_full\"} 3",
+            "scope_http_statistics_probe_drops_total{reason=\"segment_limit\"} 0",
+            "scope_http_statistics_tracked_processes 1",
+            "scope_http_statistics_tracked_processes_limit 100",
+        ];
+        for line in expected {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+        // Every sample line belongs to a family declared by HELP and TYPE.
+        for l in out.lines().filter(|l| !l.starts_with('#')) {
+            let family = l.split(['{', ' ']).next().unwrap();
+            assert!(out.contains(&format!("# TYPE {family} ")), "{family}");
+            assert!(out.contains(&format!("# HELP {family} ")), "{family}");
+        }
+    }
+
+    #[test]
+    fn empty_snapshot_still_declares_families() {
+        let out = render(&CounterSnapshot::default(), 16384);
+        assert!(out.contains("# TYPE http_server_requests_total counter"));
+        assert!(out.contains("scope_http_statistics_tracked_processes 0"));
+    }
+}

@@ -1,0 +1,321 @@
+//! Loading the eBPF probe (embedded in the binary), attaching it to the
+//! syscall tracepoints, and reading its counters.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use log::{debug, info};
+
+use crate::rates::{CounterSnapshot, ProbeDrops, ProcessCounts};
+
+/// The compiled probe, built by build.rs from probe/http_stats.bpf.c.
+static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http_stats.bpf.o"));
+
+/// Mirrors `MAX_CODES_PER_PROCESS` in probe/http_stats.h.
+const MAX_CODES_PER_PROCESS: usize = 32;
+/// Mirrors `DROP_REASONS` in probe/http_stats.h.
+const DROP_REASONS: u32 = 4;
+
+/// Mirrors `struct process_counts` in probe/http_stats.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct RawProcessCounts {
+    first_seen_ns: u64,
+    requests: u64,
+    untracked_responses: u64,
+    codes: [u32; MAX_CODES_PER_PROCESS],
+    responses: [u64; MAX_CODES_PER_PROCESS],
+    comm: [u8; 16],
+}
+
+// SAFETY: RawProcessCounts is repr(C), made only of integers with no padding
+// (8+8+8+128+256+16 bytes), so any bit pattern the kernel writes is valid.
+unsafe impl aya::Pod for RawProcessCounts {}
+
+/// (program, tracepoint category, tracepoint name).
+const HOOKS: [(&str, &str, &str); 17] = [
+    ("enter_read", "syscalls", "sys_enter_read"),
+    ("exit_read", "syscalls", "sys_exit_read"),
+    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("enter_readv", "syscalls", "sys_enter_readv"),
+    ("exit_readv", "syscalls", "sys_exit_readv"),
+    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("enter_write", "syscalls", "sys_enter_write"),
+    ("exit_write", "syscalls", "sys_exit_write"),
+    ("enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("enter_writev", "syscalls", "sys_enter_writev"),
+    ("exit_writev", "syscalls", "sys_exit_writev"),
+    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The loaded and attached probe. Dropping it detaches everything.
+pub struct Probe {
+    // Owns the programs and their links; the maps below were taken out of it.
+    _ebpf: Ebpf,
+    process_counts: HashMap<MapData, u32, RawProcessCounts>,
+    probe_drops: PerCpuArray<MapData, u64>,
+}
+
+/// Capabilities that let a non-root process load and attach the probe
+/// (bit numbers from linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Whether the effective capability set (the hex `CapEff:` of
+/// /proc/self/status) allows loading the probe.
+pub fn capabilities_suffice(status: &str) -> bool {
+    let Some(caps) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+fn check_privileges() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if capabilities_suffice(&status) {
+        Ok(())
+    } else {
+        Err("not enough privileges to load the eBPF probe: run as root, or with CAP_BPF and CAP_PERFMON \
+             (CAP_SYS_ADMIN on kernels older than 5.8)"
+            .to_string())
+    }
+}
+
+fn tracefs_mounted() -> bool {
+    TRACEFS_MOUNTS
+        .iter()
+        .any(|m| Path::new(m).join("events").is_dir())
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when no tracefs is mounted: the
+/// tracepoints are attached through it, and many hosts do not mount it.
+fn ensure_tracefs() -> Result<(), String> {
+    if tracefs_mounted() {
+        return Ok(());
+    }
+    let target = TRACEFS_MOUNTS[0];
+    let c = |s: &str| CString::new(s).expect("static string without NUL");
+    let (source, dir, fstype) = (c("nodev"), c(target), c("tracefs"));
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the
+    // call; a null data argument is allowed for tracefs.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at {target} failed: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    info!("tracefs was not mounted: mounted it at {target}");
+    Ok(())
+}
+
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    TRACEFS_MOUNTS.iter().any(|m| {
+        Path::new(m)
+            .join("events")
+            .join(category)
+            .join(name)
+            .is_dir()
+    })
+}
+
+/// Describes a load/attach error with its whole source chain, and says what
+/// to do when the kernel refused for lack of permission.
+fn describe(what: &str, err: &dyn std::error::Error) -> String {
+    let mut msg = format!("{what}: {err}");
+    let mut source = err.source();
+    let mut denied = false;
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            denied |= matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
+        }
+        source = s.source();
+    }
+    if denied {
+        msg.push_str(" (the kernel refused: run as root, or with CAP_BPF and CAP_PERFMON)");
+    }
+    msg
+}
+
+impl Probe {
+    /// Loads the embedded probe, sizes its process table and attaches every
+    /// hook. Fails, with one line saying why, before anything is attached
+    /// when the host cannot run it.
+    pub fn load(max_processes: u32) -> Result<Probe, String> {
+        check_privileges()?;
+        ensure_tracefs()?;
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(
+                "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): \
+                        the probe needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+                    .to_string(),
+            );
+        }
+        for (_, category, name) in HOOKS {
+            if !tracepoint_exists(category, name) {
+                return Err(format!(
+                    "tracepoint {category}/{name} is missing on this kernel"
+                ));
+            }
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("process_counts", max_processes)
+            .load(PROBE_OBJECT)
+            .map_err(|e| describe("cannot load the eBPF probe", &e))?;
+        for (program, category, name) in HOOKS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("the probe has no program {program}"))?
+                .try_into()
+                .map_err(|e| describe(&format!("program {program}"), &e))?;
+            tp.load()
+                .map_err(|e| describe(&format!("the kernel refused program {program}"), &e))?;
+            tp.attach(category, name).map_err(|e| {
+                describe(&format!("cannot attach {program} to {category}/{name}"), &e)
+            })?;
+            debug!("attached {program} to {category}/{name}");
+        }
+        let process_counts = HashMap::try_from(take_map(&mut ebpf, "process_counts")?)
+            .map_err(|e| describe("map process_counts", &e))?;
+        let probe_drops = PerCpuArray::try_from(take_map(&mut ebpf, "probe_drops")?)
+            .map_err(|e| describe("map probe_drops", &e))?;
+        Ok(Probe {
+            _ebpf: ebpf,
+            process_counts,
+            probe_drops,
+        })
+    }
+
+    /// Reads every process's counters and the drop counters.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let mut processes: Vec<ProcessCounts> = self
+            .process_counts
+            .iter()
+            // An entry can vanish between listing its key and reading it (the
+            // process exited): skip it.
+            .filter_map(Result::ok)
+            .map(|(pid, raw)| to_counts(pid, &raw))
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        let drop = |reason: u32| -> u64 {
+            self.probe_drops
+                .get(&reason, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        debug_assert_eq!(DROP_REASONS, 4);
+        CounterSnapshot {
+            processes,
+            drops: ProbeDrops {
+                process_map_full: drop(0),
+                inflight_map_full: drop(1),
+                message_limit: drop(2),
+                segment_limit: drop(3),
+            },
+        }
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, String> {
+    ebpf.take_map(name)
+        .ok_or_else(|| format!("the probe has no map {name}"))
+}
+
+fn to_counts(pid: u32, raw: &RawProcessCounts) -> ProcessCounts {
+    let mut responses = BTreeMap::new();
+    for (&code, &count) in raw.codes.iter().zip(&raw.responses) {
+        // Codes are 100..=599 (the probe checks); a slot is claimed just
+        // before its first count lands, so it may still read zero.
+        if let Ok(code) = u16::try_from(code) {
+            if code != 0 && count != 0 {
+                responses.insert(code, count);
+            }
+        }
+    }
+    let comm_len = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
+    ProcessCounts {
+        pid,
+        first_seen_ns: raw.first_seen_ns,
+        comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+        requests: raw.requests,
+        responses,
+        untracked_responses: raw.untracked_responses,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_layout_matches_the_c_struct() {
+        assert_eq!(std::mem::size_of::<RawProcessCounts>(), 424);
+    }
+
+    #[test]
+    fn capability_check() {
+        let status = |caps: &str| format!("Name:\tx\nCapInh:\t0\nCapEff:\t{caps}\n");
+        assert!(capabilities_suffice(&status("000001ffffffffff"))); // root
+        assert!(capabilities_suffice(&status("000000c000000000"))); // BPF + PERFMON
+        assert!(capabilities_suffice(&status("0000000000200000"))); // SYS_ADMIN
+        assert!(!capabilities_suffice(&status("0000008000000000"))); // BPF alone
+        assert!(!capabilities_suffice(&status("0000000000000000")));
+        assert!(!capabilities_suffice("garbage"));
+    }
+
+    #[test]
+    fn raw_counts_convert() {
+        let mut raw = RawProcessCounts {
+            first_seen_ns: 9,
+            requests: 3,
+            untracked_responses: 1,
+            codes: [0; MAX_CODES_PER_PROCESS],
+            responses: [0; MAX_CODES_PER_PROCESS],
+            comm: [0; 16],
+        };
+        raw.codes[0] = 200;
+        raw.responses[0] = 2;
+        raw.codes[1] = 404; // claimed, no count yet
+        raw.comm[..5].copy_from_slice(b"nginx");
+        let c = to_counts(77, &raw);
+        assert_eq!(c.pid, 77);
+        assert_eq!(c.comm, "nginx");
+        assert_eq!(c.responses, BTreeMap::from([(200, 2)]));
+        assert_eq!(
+            (c.requests, c.untracked_responses, c.first_seen_ns),
+            (3, 1, 9)
+        );
+    }
+}
