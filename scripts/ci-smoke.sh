@@ -49,6 +49,9 @@ curl -s --unix-socket "$socket" http://plugin/metrics >"$work/metrics.txt"
 promtool check metrics <"$work/metrics.txt" || fail "promtool rejects /metrics"
 echo "ok: promtool accepts /metrics"
 
+"$bin" --healthcheck --socket "$socket" || fail "--healthcheck fails against a running daemon"
+echo "ok: --healthcheck passes while the daemon runs"
+
 kill -TERM "$daemon"
 status=0
 wait "$daemon" || status=$?
@@ -56,6 +59,8 @@ daemon=
 [ "$status" -eq 0 ] || { cat "$work/daemon.log"; fail "daemon exited $status after SIGTERM"; }
 [ ! -e "$socket" ] || fail "socket left behind after SIGTERM"
 echo "ok: SIGTERM exits 0 and removes the socket"
+if "$bin" --healthcheck --socket "$socket" 2>/dev/null; then fail "--healthcheck passes with no daemon"; fi
+echo "ok: --healthcheck fails once the daemon is gone"
 
 status=0
 "$bin" --socket "$work/bad_name.sock" 2>"$work/bad.log" || status=$?

@@ -24,6 +24,8 @@ Options:
   --max-processes N      Processes the kernel table holds at once [default: 16384]
   --log-level LEVEL      error, warn, info or debug [default: info]
   -h, --help             Print this help and exit
+  --healthcheck          Ask the daemon on --socket for its report and exit 0 when it
+                         answers 200 within 500 ms, else 1 (for container probes)
   -V, --version          Print the version and exit
 
 Needs root (or CAP_BPF and CAP_PERFMON). SIGINT/SIGTERM remove the socket and exit 0.
@@ -40,6 +42,8 @@ pub struct Config {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(Config),
+    /// Check that the daemon serving on the socket answers.
+    HealthCheck(PathBuf),
     Help,
     Version,
 }
@@ -57,6 +61,7 @@ where
         max_processes: DEFAULT_MAX_PROCESSES,
         log_level: LevelFilter::Info,
     };
+    let mut health_check = false;
     let mut args = args.into_iter().map(Into::into);
     while let Some(arg) = args.next() {
         let (name, inline_value) = match arg.split_once('=') {
@@ -74,6 +79,7 @@ where
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
+            "--healthcheck" => health_check = true,
             "--socket" => config.socket = PathBuf::from(value("--socket")?),
             "--hostname" => config.hostname = Some(value("--hostname")?),
             "--max-processes" => {
@@ -104,6 +110,9 @@ where
             }
             _ => return Err(format!("unknown argument {arg:?} (see --help)")),
         }
+    }
+    if health_check {
+        return Ok(Command::HealthCheck(config.socket));
     }
     Ok(Command::Run(config))
 }
@@ -148,6 +157,18 @@ mod tests {
     fn help_and_version() {
         assert_eq!(parse(["--help"]), Ok(Command::Help));
         assert_eq!(parse(["-V"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn healthcheck_uses_the_socket_option() {
+        assert_eq!(
+            parse(["--healthcheck", "--socket", "/tmp/s.sock"]),
+            Ok(Command::HealthCheck(PathBuf::from("/tmp/s.sock")))
+        );
+        assert_eq!(
+            parse(["--healthcheck"]),
+            Ok(Command::HealthCheck(PathBuf::from(DEFAULT_SOCKET)))
+        );
     }
 
     #[test]

@@ -14,6 +14,15 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let config = match cli::parse(std::env::args().skip(1)) {
         Ok(cli::Command::Run(config)) => config,
+        Ok(cli::Command::HealthCheck(socket)) => {
+            return match server::health_check(&socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("scope-http-statistics: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(cli::Command::Help) => {
             print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
