@@ -9,10 +9,15 @@ APT       := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-
 
 # Build needs: clang and the libbpf headers (the probe is C compiled at build time).
 BUILD_PKGS := clang libbpf-dev
-# Test needs: real servers and clients, promtool, bpftool.
-TEST_PKGS  := nginx nodejs python3 curl wrk netcat-openbsd prometheus bpftool
+# Test needs: real servers and clients, promtool, bpftool, an image builder;
+# plus kubernetes-validate from PyPI for the DaemonSet's schema.
+TEST_PKGS  := nginx nodejs python3 curl wrk netcat-openbsd prometheus bpftool buildah file
 
-.PHONY: all build run deps test-deps test lint unit integration smoke clean
+MUSL      := x86_64-unknown-linux-musl
+DIST      := dist/$(BIN)
+IMAGE     ?= scope-http-statistics:latest
+
+.PHONY: all build run deps test-deps test lint unit integration smoke static image package-check clean
 
 all: build
 
@@ -22,9 +27,10 @@ deps:
 		echo "installing $(BUILD_PKGS)"; apt-get update -qq && $(APT) $(BUILD_PKGS); fi
 
 test-deps: deps
-	@missing=""; for c in nginx node python3 curl wrk nc promtool bpftool; do \
+	@missing=""; for c in nginx node python3 curl wrk nc promtool bpftool buildah file; do \
 		command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then echo "installing $(TEST_PKGS)"; apt-get update -qq && $(APT) $(TEST_PKGS); fi
+	@python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install -q kubernetes-validate
 	@rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 build: deps
@@ -33,6 +39,39 @@ build: deps
 # Builds, then runs the daemon in the foreground (Ctrl-C stops it and removes the socket).
 run: build
 	$(RELEASE) --socket $(SOCKET) $(ARGS)
+
+# A fully static x86_64 binary in dist/: musl when its target can be
+# installed, else glibc with +crt-static. Says which one it made.
+static: deps
+	@if rustup target add $(MUSL) >/dev/null 2>&1; then \
+		cargo build --release --locked --target $(MUSL) && \
+		mkdir -p dist && cp target/$(MUSL)/release/$(BIN) $(DIST) && \
+		echo "static: built $(DIST) for $(MUSL) (musl)"; \
+	else \
+		RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
+			--target x86_64-unknown-linux-gnu --target-dir target/crt-static && \
+		mkdir -p dist && cp target/crt-static/x86_64-unknown-linux-gnu/release/$(BIN) $(DIST) && \
+		echo "static: musl target unavailable; built $(DIST) with glibc +crt-static"; \
+	fi
+	@ls -l $(DIST) | awk '{print "static: " $$5 " bytes"}'
+
+# The FROM scratch image, with docker when an engine runs, else podman or
+# buildah (vfs storage and chroot isolation work without an engine or root
+# filesystem tricks).
+image: static
+	@if docker info >/dev/null 2>&1; then \
+		docker build -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then \
+		podman --storage-driver vfs build --isolation chroot -t $(IMAGE) .; \
+	elif command -v buildah >/dev/null; then \
+		buildah --storage-driver vfs bud --isolation chroot -t $(IMAGE) .; \
+	else \
+		echo "image: no docker engine, podman or buildah (apt-get install buildah)" >&2; exit 1; \
+	fi
+
+# Static binary, image, manifests: built and checked (see scripts/ci-package.sh).
+package-check: test-deps
+	scripts/ci-package.sh
 
 lint: deps
 	cargo fmt --check
@@ -52,6 +91,8 @@ smoke: build test-deps
 test: test-deps lint
 	cargo test --locked -- --test-threads=2
 	$(MAKE) smoke
+	$(MAKE) package-check
 
 clean:
 	cargo clean
+	rm -rf dist
