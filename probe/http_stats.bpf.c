@@ -9,7 +9,9 @@
  *           user buffer, the exit side hands (process, buffer, length) on.
  *   parsing parse_buffer()/scan_headers(): find every message start in a
  *           buffer (pipelining), skipping bodies by Content-Length.
- *   counting process_counts, keyed by tgid, removed when the process exits.
+ *   counting process_counts, keyed by tgid, removed when the process exits;
+ *           latency pairs each response with the oldest request awaiting one
+ *           on its socket (awaiting_response) into latency_by_process.
  * Nothing is sent to userspace per request: the daemon reads the maps once a
  * second.
  */
@@ -114,11 +116,13 @@ struct user_msghdr {
 /* Writer: sys_enter_* of the eight socket I/O syscalls, for TCP sockets only.
  * Reader: the matching sys_exit_*, which deletes the entry; sched_process_exit
  * deletes what a dying thread left. Bound: threads inside a socket syscall at
- * once; when full, the transfer is not seen and DROP_INFLIGHT_MAP_FULL counts it. */
+ * once; when full, the transfer is not seen and DROP_SYSCALL_TABLE_FULL counts it. */
 struct pending_io {
-	__u64 buf;    /* user buffer, or user iovec array when iovcnt > 0 */
-	__u32 iovcnt; /* 0 for read/write/recvfrom/sendto */
-	__u32 dir;    /* DIR_READ or DIR_WRITE */
+	__u64 buf;      /* user buffer, or user iovec array when iovcnt > 0 */
+	__u64 sk;       /* the connection: its struct sock */
+	__u64 enter_ns; /* when the syscall started */
+	__u32 iovcnt;   /* 0 for read/write/recvfrom/sendto */
+	__u32 dir;      /* DIR_READ or DIR_WRITE */
 };
 
 struct {
@@ -126,7 +130,7 @@ struct {
 	__uint(max_entries, 10240);
 	__type(key, __u64); /* pid_tgid: one syscall in flight per thread */
 	__type(value, struct pending_io);
-} io_inflight SEC(".maps");
+} syscalls_in_flight SEC(".maps");
 
 /* Writer: parse_buffer() creates and increments; sched_process_exit deletes.
  * Reader: the daemon, once a second. Bound: max_entries (the daemon may set it
@@ -138,6 +142,38 @@ struct {
 	__type(key, __u32); /* tgid, in the initial pid namespace */
 	__type(value, struct process_counts);
 } process_counts SEC(".maps");
+
+/* Writer: parse_buffer() on responses; sched_process_exit deletes. Reader: the
+ * daemon, once a second. Bound: as process_counts (the daemon sets both);
+ * entries are allocated only for processes that answered requests. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* tgid */
+	__type(value, struct latency_stats);
+} latency_by_process SEC(".maps");
+
+/* Requests read but not yet answered, oldest first, per connection.
+ * Writer: parse_buffer() pushes on requests, pops on responses and deletes
+ * the entry when it empties; inet_sock_set_state deletes it when the socket
+ * closes; sched_process_exit deletes the dying process's entries. Reader: the
+ * daemon counts the entries. Bound: max_entries; a request that finds it full
+ * gets no latency and DROP_AWAITING_FULL counts it. */
+#define MAX_AWAITING 16 /* pipelined requests remembered per connection */
+struct awaiting {
+	__u32 tgid;        /* the process that read the requests */
+	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
+	__u32 pad;
+	__u64 read_ns[MAX_AWAITING];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* struct sock pointer: the connection */
+	__type(value, struct awaiting);
+} awaiting_response SEC(".maps");
 
 /* Writer: the probe, per CPU, indexed by enum probe_drop. Reader: the daemon
  * sums the CPUs. Bound: DROP_REASONS entries. */
@@ -156,6 +192,13 @@ struct scan_scratch {
 	__s64 content_length; /* -1 when the headers have none */
 	__u32 chunked;        /* Transfer-Encoding present: body length unknown */
 	struct process_counts fresh; /* a new process_counts entry, built here, not on the stack */
+	struct latency_stats fresh_latency;
+	struct awaiting fresh_awaiting;
+	/* The transfer being parsed, set by the hook layer. */
+	__u32 tgid;
+	__u32 dir;
+	__u64 sk;
+	__u64 io_ns; /* request: when its read returned; response: when its write began */
 };
 
 struct {
@@ -387,14 +430,150 @@ static __always_inline void count_response(struct process_counts *pc, __u32 code
 	__sync_fetch_and_add(&pc->untracked_responses, 1);
 }
 
+/* OpenTelemetry's default HTTP server duration boundaries (seconds: 0.005
+ * 0.01 0.025 0.05 0.075 0.1 0.25 0.5 0.75 1 2.5 5 7.5 10), in ns. */
+static const __u64 latency_bounds_ns[LATENCY_BOUNDS] = {
+	5000000,   10000000,   25000000,   50000000,   75000000,
+	100000000, 250000000,  500000000,  750000000,  1000000000,
+	2500000000, 5000000000, 7500000000, 10000000000,
+};
+
+#define LOG2_SUB_BUCKETS 4 /* log2(LATENCY_SUB_BUCKETS) */
+
+static __always_inline __u32 log2_floor(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) r += 1;
+	return r;
+}
+
+/* Index of the fine histogram bucket for ns (see http_stats.h). */
+static __always_inline __u32 fine_bucket(__u64 ns)
+{
+	__u64 u = ns >> LATENCY_UNIT_SHIFT;
+
+	if (u < LATENCY_SUB_BUCKETS)
+		return u;
+	__u32 p = log2_floor(u); /* >= LOG2_SUB_BUCKETS */
+	__u32 i = (p - LOG2_SUB_BUCKETS + 1) * LATENCY_SUB_BUCKETS +
+		  ((u >> (p - LOG2_SUB_BUCKETS)) & (LATENCY_SUB_BUCKETS - 1));
+
+	return i < LATENCY_FINE_BUCKETS ? i : LATENCY_FINE_BUCKETS - 1;
+}
+
+/* Adds one latency of the scratch's process to its histograms. Global: the
+ * verifier checks it once, not at every message of parse_buffer(). */
+__noinline int record_latency(__u64 ns)
+{
+	__u32 key = 0;
+	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct latency_stats *l;
+
+	if (!s)
+		return 0;
+	l = bpf_map_lookup_elem(&latency_by_process, &s->tgid);
+	if (!l) {
+		/* Too big for an inlined memset (volatile keeps clang from making the loop one). */
+		volatile __u64 *w = (volatile __u64 *)&s->fresh_latency;
+
+		for (__u32 i = 0; i < sizeof(s->fresh_latency) / 8; i++)
+			w[i] = 0;
+		bpf_map_update_elem(&latency_by_process, &s->tgid, &s->fresh_latency, BPF_NOEXIST);
+		l = bpf_map_lookup_elem(&latency_by_process, &s->tgid);
+		if (!l)
+			return 0; /* full: process_counts, of the same bound, counts the drop */
+	}
+	__u32 b = 0;
+
+	for (; b < LATENCY_BOUNDS; b++)
+		if (ns <= latency_bounds_ns[b])
+			break;
+	__sync_fetch_and_add(&l->le[b], 1);
+	__u32 f = fine_bucket(ns);
+
+	/* Keep clang from folding away the bound the verifier needs to see. */
+	asm volatile("" : "+r"(f));
+	if (f >= LATENCY_FINE_BUCKETS)
+		f = LATENCY_FINE_BUCKETS - 1;
+	__sync_fetch_and_add(&l->fine[f], 1);
+	__sync_fetch_and_add(&l->sum_ns, ns);
+	return 0;
+}
+
+/* A request was read on the scratch's connection: queue its read time. */
+__noinline int request_read(void)
+{
+	__u32 key = 0;
+	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct awaiting *a;
+
+	if (!s)
+		return 0;
+	a = bpf_map_lookup_elem(&awaiting_response, &s->sk);
+	if (!a) {
+		__builtin_memset(&s->fresh_awaiting, 0, sizeof(s->fresh_awaiting));
+		s->fresh_awaiting.tgid = s->tgid;
+		if (bpf_map_update_elem(&awaiting_response, &s->sk, &s->fresh_awaiting, BPF_NOEXIST) ==
+		    -E2BIG) {
+			count_drop(DROP_AWAITING_FULL);
+			return 0;
+		}
+		a = bpf_map_lookup_elem(&awaiting_response, &s->sk);
+		if (!a)
+			return 0;
+	}
+	if (a->tgid != s->tgid) {
+		/* The socket changed hands: what the other process read is not ours to answer. */
+		a->tgid = s->tgid;
+		a->head = a->tail;
+	}
+	if (a->tail - a->head >= MAX_AWAITING) {
+		count_drop(DROP_PIPELINE_DEPTH);
+		return 0;
+	}
+	a->read_ns[a->tail & (MAX_AWAITING - 1)] = s->io_ns;
+	a->tail++;
+	return 0;
+}
+
+/* A final response was written on the scratch's connection: pair it with the
+ * oldest request awaiting one, and forget the connection once none waits. */
+__noinline int response_written(void)
+{
+	__u32 key = 0;
+	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct awaiting *a;
+
+	if (!s)
+		return 0;
+	a = bpf_map_lookup_elem(&awaiting_response, &s->sk);
+	if (!a || a->tgid != s->tgid || a->head == a->tail)
+		return 0;
+	__u64 read_ns = a->read_ns[a->head & (MAX_AWAITING - 1)];
+
+	a->head++;
+	if (a->head == a->tail)
+		bpf_map_delete_elem(&awaiting_response, &s->sk);
+	if (s->io_ns > read_ns)
+		record_latency(s->io_ns - read_ns);
+	return 0;
+}
+
 /*
  * The counting core: counts every message that starts in the user buffer
- * [buf, buf+len). skip is how many leading bytes still belong to the body of a
- * message counted in an earlier segment of the same syscall. Returns the
- * number of bytes of the last message's body that run past this buffer, or
- * PARSE_STOP when the next message start cannot be known.
+ * [buf, buf+len), for the transfer (process, connection, direction, time)
+ * the hook layer put in the scratch. skip is how many leading bytes still
+ * belong to the body of a message counted in an earlier segment of the same
+ * syscall. Returns the number of bytes of the last message's body that run
+ * past this buffer, or PARSE_STOP when the next message start cannot be known.
  */
-__noinline int parse_buffer(__u32 tgid, __u64 buf, __u32 len, __u32 dir, __u32 skip)
+__noinline int parse_buffer(__u64 buf, __u32 len, __u32 skip)
 {
 	__u32 key = 0;
 	struct scan_scratch *s;
@@ -412,11 +591,13 @@ __noinline int parse_buffer(__u32 tgid, __u64 buf, __u32 len, __u32 dir, __u32 s
 		return PARSE_STOP;
 	/* Look at 16 bytes first: most socket traffic is not an HTTP start and
 	 * should not pay for copying the whole window. */
+	__u32 dir = s->dir;
+
 	if (bpf_probe_read_user(s->data, MIN_MESSAGE, (const void *)(buf + skip)))
 		return PARSE_STOP;
 	if (!message_start(s->data, dir))
 		return PARSE_STOP;
-	pc = process_entry(s, tgid);
+	pc = process_entry(s, s->tgid);
 	if (!pc)
 		return PARSE_STOP;
 	if (bpf_probe_read_user(s->data, n, (const void *)(buf + skip)))
@@ -428,10 +609,14 @@ __noinline int parse_buffer(__u32 tgid, __u64 buf, __u32 len, __u32 dir, __u32 s
 
 		if (!code)
 			return PARSE_STOP;
-		if (dir == DIR_READ)
+		if (dir == DIR_READ) {
 			__sync_fetch_and_add(&pc->requests, 1);
-		else
+			request_read();
+		} else {
 			count_response(pc, code);
+			if (code >= 200) /* 1xx are interim: the request still awaits its response */
+				response_written();
+		}
 
 		__u32 end = scan_headers(s, pos, n);
 
@@ -469,8 +654,9 @@ __noinline int parse_buffer(__u32 tgid, __u64 buf, __u32 len, __u32 dir, __u32 s
 
 /* ---- hook layer ---- */
 
-/* Whether fd of the current task is a TCP (stream, inet/inet6) socket. */
-static __always_inline int is_tcp_socket(__u32 fd)
+/* The struct sock of fd when it is a TCP (stream, inet/inet6) socket of the
+ * current task, else 0. */
+static __always_inline __u64 tcp_socket_of(__u32 fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -489,22 +675,26 @@ static __always_inline int is_tcp_socket(__u32 fd)
 
 	if (BPF_CORE_READ(sock, type) != SOCK_STREAM)
 		return 0;
-	unsigned short family = BPF_CORE_READ(sock, sk, __sk_common.skc_family);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	return family == AF_INET || family == AF_INET6;
+	return family == AF_INET || family == AF_INET6 ? (__u64)sk : 0;
 }
 
 /* Enter side: remember where the data goes, only for TCP sockets. */
 static __always_inline int remember_io(__u32 fd, __u64 buf, __u32 iovcnt, __u32 dir)
 {
-	if (!is_tcp_socket(fd))
+	__u64 sk = tcp_socket_of(fd);
+
+	if (!sk)
 		return 0;
 
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending_io io = {.buf = buf, .iovcnt = iovcnt, .dir = dir};
+	struct pending_io io = {
+		.buf = buf, .sk = sk, .enter_ns = bpf_ktime_get_ns(), .iovcnt = iovcnt, .dir = dir};
 
-	if (bpf_map_update_elem(&io_inflight, &id, &io, BPF_ANY))
-		count_drop(DROP_INFLIGHT_MAP_FULL);
+	if (bpf_map_update_elem(&syscalls_in_flight, &id, &io, BPF_ANY))
+		count_drop(DROP_SYSCALL_TABLE_FULL);
 	return 0;
 }
 
@@ -521,8 +711,7 @@ static __always_inline int remember_msghdr(__u32 fd, __u64 msg, __u64 flags, __u
 
 /* Walks an iovec array as one stream: a body that runs past a segment is
  * skipped at the start of the next. */
-static __always_inline void handle_iovecs(__u32 tgid, __u64 iov, __u32 iovcnt, __u64 total,
-					  __u32 dir)
+static __always_inline void handle_iovecs(__u64 iov, __u32 iovcnt, __u64 total)
 {
 	int skip = 0;
 
@@ -538,7 +727,7 @@ static __always_inline void handle_iovecs(__u32 tgid, __u64 iov, __u32 iovcnt, _
 		total -= seg;
 		if (seg > MAX_BODY)
 			seg = MAX_BODY;
-		skip = parse_buffer(tgid, v.base, seg, dir, skip);
+		skip = parse_buffer(v.base, seg, skip);
 		if (skip < 0)
 			return;
 	}
@@ -546,23 +735,33 @@ static __always_inline void handle_iovecs(__u32 tgid, __u64 iov, __u32 iovcnt, _
 		count_drop(DROP_SEGMENT_LIMIT);
 }
 
-/* Exit side: hand (process, buffer, length) to the counting core. */
+/* Exit side: hand (process, connection, buffer, length) to the counting core. */
 static __always_inline int complete_io(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending_io *p = bpf_map_lookup_elem(&io_inflight, &id);
+	struct pending_io *p = bpf_map_lookup_elem(&syscalls_in_flight, &id);
+	struct scan_scratch *s;
+	__u32 key = 0;
 
 	if (!p)
 		return 0;
 	struct pending_io io = *p;
 
-	bpf_map_delete_elem(&io_inflight, &id);
+	bpf_map_delete_elem(&syscalls_in_flight, &id);
 	if (ret < MIN_MESSAGE)
 		return 0;
+	s = bpf_map_lookup_elem(&scratch, &key);
+	if (!s)
+		return 0;
+	s->tgid = id >> 32;
+	s->dir = io.dir;
+	s->sk = io.sk;
+	/* A request was delivered when its read returned; a response began when its write did. */
+	s->io_ns = io.dir == DIR_READ ? bpf_ktime_get_ns() : io.enter_ns;
 	if (io.iovcnt)
-		handle_iovecs(id >> 32, io.buf, io.iovcnt, ret, io.dir);
+		handle_iovecs(io.buf, io.iovcnt, ret);
 	else
-		parse_buffer(id >> 32, io.buf, ret > MAX_BODY ? MAX_BODY : ret, io.dir, 0);
+		parse_buffer(io.buf, ret > MAX_BODY ? MAX_BODY : ret, 0);
 	return 0;
 }
 
@@ -619,34 +818,56 @@ int enter_sendmsg(struct syscall_enter_args *ctx)
 	return remember_msghdr(ARG(0), ARG(1), ARG(2), DIR_WRITE);
 }
 
-/* All eight exits share complete_io(); each needs its own program. */
-#define EXIT_HOOK(name)                                         \
-	SEC("tracepoint/syscalls/sys_exit_" #name)              \
-	int exit_##name(struct syscall_exit_args *ctx)          \
-	{                                                       \
-		return complete_io(ctx->ret);                   \
-	}
+/* One program for the eight exits (the daemon attaches it to each): their
+ * records are alike, and the kernel verifies it once. */
+SEC("tracepoint/syscalls/sys_exit_read")
+int exit_socket_io(struct syscall_exit_args *ctx)
+{
+	return complete_io(ctx->ret);
+}
 
-EXIT_HOOK(read)
-EXIT_HOOK(recvfrom)
-EXIT_HOOK(readv)
-EXIT_HOOK(recvmsg)
-EXIT_HOOK(write)
-EXIT_HOOK(sendto)
-EXIT_HOOK(writev)
-EXIT_HOOK(sendmsg)
+static long forget_if_owner(void *map, __u64 *sk, struct awaiting *a, __u32 *tgid)
+{
+	if (a->tgid == *tgid)
+		bpf_map_delete_elem(map, sk);
+	return 0;
+}
 
 /* Fires for every exiting thread: drop what it left in flight, and when the
  * whole process goes (its leader exits), its counts, so that a reused pid
- * starts from zero. */
+ * starts from zero, and the requests it left unanswered (its sockets may
+ * linger in FIN_WAIT long after it). Only processes that did HTTP pay for
+ * the walk of awaiting_response. */
 SEC("tracepoint/sched/sched_process_exit")
 int process_exit(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 
-	bpf_map_delete_elem(&io_inflight, &id);
-	if ((__u32)id == tgid)
-		bpf_map_delete_elem(&process_counts, &tgid);
+	bpf_map_delete_elem(&syscalls_in_flight, &id);
+	if ((__u32)id != tgid || bpf_map_delete_elem(&process_counts, &tgid))
+		return 0;
+	bpf_map_delete_elem(&latency_by_process, &tgid);
+	bpf_for_each_map_elem(&awaiting_response, forget_if_owner, &tgid, 0);
+	return 0;
+}
+
+struct inet_sock_set_state_args {
+	__u64 common;
+	__u64 skaddr;
+	int oldstate;
+	int newstate;
+};
+
+#define TCP_CLOSE 7
+
+/* A closed connection's unanswered requests will never be answered. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int socket_state(struct inet_sock_set_state_args *ctx)
+{
+	__u64 sk = ctx->skaddr;
+
+	if (ctx->newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&awaiting_response, &sk);
 	return 0;
 }

@@ -22,14 +22,37 @@ struct process_counts {
 	char comm[16];                  /* task comm when the entry was created */
 };
 
+/* Request latency, per process: read that delivered a request -> first write
+ * of its response on the same socket.
+ * Fine histogram: log-linear like HDR histograms. Values are in units of
+ * 2^LATENCY_UNIT_SHIFT ns (~1 us); below LATENCY_SUB_BUCKETS units each unit
+ * is a bucket, above it each power of two is split in LATENCY_SUB_BUCKETS, so
+ * a bucket is at most 1/16 of its value wide (quantiles within ~3%). The
+ * last bucket also takes everything above ~275 s. */
+#define LATENCY_UNIT_SHIFT 10
+#define LATENCY_SUB_BUCKETS 16
+#define LATENCY_FINE_BUCKETS 400
+/* Exact counters for the OpenTelemetry HTTP server duration boundaries,
+ * 5 ms ... 10 s, plus one for everything above: Prometheus buckets must not
+ * depend on where a fine bucket happens to straddle a boundary. */
+#define LATENCY_BOUNDS 14
+
+struct latency_stats {
+	__u64 sum_ns;                          /* the count is the sum of le[] */
+	__u64 le[LATENCY_BOUNDS + 1];          /* le[i]: bound[i-1] < latency <= bound[i] */
+	__u32 fine[LATENCY_FINE_BUCKETS];
+};
+
 /* Indexes of the probe_drops counters: things the probe saw but could not
  * count. */
 enum probe_drop {
 	DROP_PROCESS_MAP_FULL = 0,  /* a new process found process_counts full */
-	DROP_INFLIGHT_MAP_FULL = 1, /* a socket syscall found io_inflight full */
+	DROP_SYSCALL_TABLE_FULL = 1, /* a socket syscall found syscalls_in_flight full */
 	DROP_MESSAGE_LIMIT = 2,     /* a buffer held more messages than the probe scans */
 	DROP_SEGMENT_LIMIT = 3,     /* an iovec array had more segments than the probe walks */
-	DROP_REASONS = 4,
+	DROP_AWAITING_FULL = 4,     /* a request found awaiting_response full: no latency for it */
+	DROP_PIPELINE_DEPTH = 5,    /* more requests awaiting a response on one connection than kept */
+	DROP_REASONS = 6,
 };
 
 #endif /* HTTP_STATS_H */

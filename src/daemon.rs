@@ -47,7 +47,7 @@ fn init_logging(level: LevelFilter) {
 #[derive(Default)]
 struct DropEpisodes {
     last: ProbeDrops,
-    growing: [bool; 4],
+    growing: [bool; ProbeDrops::REASONS],
 }
 
 impl DropEpisodes {
@@ -60,7 +60,9 @@ impl DropEpisodes {
                     "process_map_full" => {
                         format!(": the table of {max_processes} processes is full, new processes are not counted (raise --max-processes)")
                     }
-                    "inflight_map_full" => ": too many threads inside socket syscalls at once; some transfers are not seen".into(),
+                    "syscall_table_full" => ": too many threads inside socket syscalls at once; some transfers are not seen".into(),
+                    "awaiting_table_full" => ": too many connections with unanswered requests; their latency is not measured".into(),
+                    "pipeline_depth" => ": more than 16 pipelined requests awaiting responses on a connection; their latency is not measured".into(),
                     _ => ": some pipelined messages were beyond what the probe scans per buffer".into(),
                 };
                 warn!("probe drops ({reason}) started, {count} so far{hint}");

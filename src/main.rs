@@ -3,6 +3,7 @@
 
 mod cli;
 mod daemon;
+mod latency;
 mod metrics;
 mod probe;
 mod rates;

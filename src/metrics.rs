@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::latency;
 use crate::rates::CounterSnapshot;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -71,6 +72,50 @@ pub fn render(snapshot: &CounterSnapshot, tracked_limit: u32) -> String {
     }
     header(
         &mut out,
+        "http_server_request_duration_seconds",
+        "histogram",
+        "Time from the read that delivered a request to the first write of its response on the same socket, \
+         measured in the kernel, since the daemon started.",
+    );
+    for p in &snapshot.processes {
+        let labels = format!("pid=\"{}\",comm=\"{}\"", p.pid, escape(&p.comm));
+        let h = &p.latency;
+        let mut cumulative = 0;
+        for (le, count) in latency::BOUNDS
+            .iter()
+            .chain(["+Inf"].iter())
+            .zip(h.le.iter())
+        {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "http_server_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "http_server_request_duration_seconds_sum{{{labels}}} {}",
+            h.sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "http_server_request_duration_seconds_count{{{labels}}} {}",
+            h.count()
+        );
+    }
+    header(
+        &mut out,
+        "scope_http_statistics_inflight_requests",
+        "gauge",
+        "Connections with a request read whose response has not been written yet (the kernel's table).",
+    );
+    let _ = writeln!(
+        out,
+        "scope_http_statistics_inflight_requests {}",
+        snapshot.awaiting_connections
+    );
+    header(
+        &mut out,
         "scope_http_statistics_probe_drops_total",
         "counter",
         "Processes or transfers the probe saw but could not count, by reason.",
@@ -108,6 +153,7 @@ pub fn render(snapshot: &CounterSnapshot, tracked_limit: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::latency::LatencyHistogram;
     use crate::rates::{ProbeDrops, ProcessCounts};
 
     #[test]
@@ -120,11 +166,17 @@ mod tests {
                 requests: 7,
                 responses: [(200, 5), (404, 2)].into_iter().collect(),
                 untracked_responses: 1,
+                latency: LatencyHistogram {
+                    sum_ns: 1_500_000_000,
+                    le: [1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    ..LatencyHistogram::default()
+                },
             }],
             drops: ProbeDrops {
                 process_map_full: 3,
                 ..ProbeDrops::default()
             },
+            awaiting_connections: 4,
         };
         let out = render(&snapshot, 100);
         let expected = [
@@ -136,6 +188,15 @@ mod tests {
             "scope_http_statistics_probe_drops_total{reason=\"process_map_full\"} 3",
             "scope_http_statistics_probe_drops_total{reason=\"segment_limit\"} 0",
             "scope_http_statistics_tracked_processes 1",
+            "# TYPE http_server_request_duration_seconds histogram",
+            "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"0.005\"} 1",
+            "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"0.01\"} 1",
+            "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"0.025\"} 3",
+            "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"10\"} 3",
+            "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"+Inf\"} 4",
+            "http_server_request_duration_seconds_sum{pid=\"42\",comm=\"we\\\"ird\\\\n\"} 1.5",
+            "http_server_request_duration_seconds_count{pid=\"42\",comm=\"we\\\"ird\\\\n\"} 4",
+            "scope_http_statistics_inflight_requests 4",
             "scope_http_statistics_tracked_processes_limit 100",
         ];
         for line in expected {
@@ -143,7 +204,14 @@ mod tests {
         }
         // Every sample line belongs to a family declared by HELP and TYPE.
         for l in out.lines().filter(|l| !l.starts_with('#')) {
-            let family = l.split(['{', ' ']).next().unwrap();
+            let name = l.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|f| out.contains(&format!("# TYPE {f} histogram")))
+                })
+                .unwrap_or(name);
             assert!(out.contains(&format!("# TYPE {family} ")), "{family}");
             assert!(out.contains(&format!("# HELP {family} ")), "{family}");
         }

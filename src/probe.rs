@@ -11,6 +11,7 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use log::{debug, info};
 
+use crate::latency::{self, LatencyHistogram};
 use crate::rates::{CounterSnapshot, ProbeDrops, ProcessCounts};
 
 /// The compiled probe, built by build.rs from probe/http_stats.bpf.c.
@@ -20,7 +21,7 @@ static PROBE_OBJECT: &[u8] =
 /// Mirrors `MAX_CODES_PER_PROCESS` in probe/http_stats.h.
 const MAX_CODES_PER_PROCESS: usize = 32;
 /// Mirrors `DROP_REASONS` in probe/http_stats.h.
-const DROP_REASONS: u32 = 4;
+const DROP_REASONS: u32 = 6;
 
 /// Mirrors `struct process_counts` in probe/http_stats.h.
 #[repr(C)]
@@ -38,25 +39,46 @@ struct RawProcessCounts {
 // (8+8+8+128+256+16 bytes), so any bit pattern the kernel writes is valid.
 unsafe impl aya::Pod for RawProcessCounts {}
 
-/// (program, tracepoint category, tracepoint name).
-const HOOKS: [(&str, &str, &str); 17] = [
-    ("enter_read", "syscalls", "sys_enter_read"),
-    ("exit_read", "syscalls", "sys_exit_read"),
-    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("enter_readv", "syscalls", "sys_enter_readv"),
-    ("exit_readv", "syscalls", "sys_exit_readv"),
-    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("enter_write", "syscalls", "sys_enter_write"),
-    ("exit_write", "syscalls", "sys_exit_write"),
-    ("enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("enter_writev", "syscalls", "sys_enter_writev"),
-    ("exit_writev", "syscalls", "sys_exit_writev"),
-    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("process_exit", "sched", "sched_process_exit"),
+/// Mirrors `struct latency_stats` in probe/http_stats.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct RawLatencyStats {
+    sum_ns: u64,
+    le: [u64; latency::BOUNDS.len() + 1],
+    fine: [u32; latency::FINE_BUCKETS],
+}
+
+// SAFETY: repr(C), integers only, no padding (8 + 120 + 1600 bytes): any bit
+// pattern is valid.
+unsafe impl aya::Pod for RawLatencyStats {}
+
+/// (program, tracepoint category, tracepoint names it is attached to). The
+/// eight exits share one program: the kernel verifies it once.
+const HOOKS: [(&str, &str, &[&str]); 11] = [
+    ("enter_read", "syscalls", &["sys_enter_read"]),
+    ("enter_recvfrom", "syscalls", &["sys_enter_recvfrom"]),
+    ("enter_readv", "syscalls", &["sys_enter_readv"]),
+    ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
+    ("enter_write", "syscalls", &["sys_enter_write"]),
+    ("enter_sendto", "syscalls", &["sys_enter_sendto"]),
+    ("enter_writev", "syscalls", &["sys_enter_writev"]),
+    ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
+    (
+        "exit_socket_io",
+        "syscalls",
+        &[
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_sendto",
+            "sys_exit_writev",
+            "sys_exit_sendmsg",
+        ],
+    ),
+    ("process_exit", "sched", &["sched_process_exit"]),
+    ("socket_state", "sock", &["inet_sock_set_state"]),
 ];
 
 const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -66,8 +88,24 @@ pub struct Probe {
     // Owns the programs and their links; the maps below were taken out of it.
     _ebpf: Ebpf,
     process_counts: HashMap<MapData, u32, RawProcessCounts>,
+    latency_by_process: HashMap<MapData, u32, RawLatencyStats>,
+    awaiting_response: HashMap<MapData, u64, RawAwaiting>,
     probe_drops: PerCpuArray<MapData, u64>,
 }
+
+/// Mirrors `struct awaiting` in the probe; only its keys are counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct RawAwaiting {
+    tgid: u32,
+    head: u32,
+    tail: u32,
+    pad: u32,
+    read_ns: [u64; 16],
+}
+
+// SAFETY: repr(C), integers only, no padding (16 + 128 bytes).
+unsafe impl aya::Pod for RawAwaiting {}
 
 /// Capabilities that let a non-root process load and attach the probe
 /// (bit numbers from linux/capability.h).
@@ -179,18 +217,21 @@ impl Probe {
                     .to_string(),
             );
         }
-        for (_, category, name) in HOOKS {
-            if !tracepoint_exists(category, name) {
-                return Err(format!(
-                    "tracepoint {category}/{name} is missing on this kernel"
-                ));
+        for (_, category, names) in HOOKS {
+            for name in names {
+                if !tracepoint_exists(category, name) {
+                    return Err(format!(
+                        "tracepoint {category}/{name} is missing on this kernel"
+                    ));
+                }
             }
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("process_counts", max_processes)
+            .map_max_entries("latency_by_process", max_processes)
             .load(PROBE_OBJECT)
             .map_err(|e| describe("cannot load the eBPF probe", &e))?;
-        for (program, category, name) in HOOKS {
+        for (program, category, names) in HOOKS {
             let tp: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| format!("the probe has no program {program}"))?
@@ -198,18 +239,26 @@ impl Probe {
                 .map_err(|e| describe(&format!("program {program}"), &e))?;
             tp.load()
                 .map_err(|e| describe(&format!("the kernel refused program {program}"), &e))?;
-            tp.attach(category, name).map_err(|e| {
-                describe(&format!("cannot attach {program} to {category}/{name}"), &e)
-            })?;
-            debug!("attached {program} to {category}/{name}");
+            for name in names {
+                tp.attach(category, name).map_err(|e| {
+                    describe(&format!("cannot attach {program} to {category}/{name}"), &e)
+                })?;
+                debug!("attached {program} to {category}/{name}");
+            }
         }
         let process_counts = HashMap::try_from(take_map(&mut ebpf, "process_counts")?)
             .map_err(|e| describe("map process_counts", &e))?;
+        let latency_by_process = HashMap::try_from(take_map(&mut ebpf, "latency_by_process")?)
+            .map_err(|e| describe("map latency_by_process", &e))?;
+        let awaiting_response = HashMap::try_from(take_map(&mut ebpf, "awaiting_response")?)
+            .map_err(|e| describe("map awaiting_response", &e))?;
         let probe_drops = PerCpuArray::try_from(take_map(&mut ebpf, "probe_drops")?)
             .map_err(|e| describe("map probe_drops", &e))?;
         Ok(Probe {
             _ebpf: ebpf,
             process_counts,
+            latency_by_process,
+            awaiting_response,
             probe_drops,
         })
     }
@@ -222,7 +271,10 @@ impl Probe {
             // An entry can vanish between listing its key and reading it (the
             // process exited): skip it.
             .filter_map(Result::ok)
-            .map(|(pid, raw)| to_counts(pid, &raw))
+            .map(|(pid, raw)| {
+                let latency = self.latency_by_process.get(&pid, 0).ok();
+                to_counts(pid, &raw, latency.as_ref())
+            })
             .collect();
         processes.sort_by_key(|p| p.pid);
         let drop = |reason: u32| -> u64 {
@@ -231,15 +283,19 @@ impl Probe {
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0)
         };
-        debug_assert_eq!(DROP_REASONS, 4);
+        debug_assert_eq!(DROP_REASONS, 6);
         CounterSnapshot {
             processes,
             drops: ProbeDrops {
                 process_map_full: drop(0),
-                inflight_map_full: drop(1),
+                syscall_table_full: drop(1),
                 message_limit: drop(2),
                 segment_limit: drop(3),
+                awaiting_full: drop(4),
+                pipeline_depth: drop(5),
             },
+            awaiting_connections: self.awaiting_response.keys().filter(Result::is_ok).count()
+                as u64,
         }
     }
 }
@@ -249,7 +305,15 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, String> {
         .ok_or_else(|| format!("the probe has no map {name}"))
 }
 
-fn to_counts(pid: u32, raw: &RawProcessCounts) -> ProcessCounts {
+fn to_latency(raw: &RawLatencyStats) -> LatencyHistogram {
+    LatencyHistogram {
+        sum_ns: raw.sum_ns,
+        le: raw.le,
+        fine: raw.fine.to_vec(),
+    }
+}
+
+fn to_counts(pid: u32, raw: &RawProcessCounts, latency: Option<&RawLatencyStats>) -> ProcessCounts {
     let mut responses = BTreeMap::new();
     for (&code, &count) in raw.codes.iter().zip(&raw.responses) {
         // Codes are 100..=599 (the probe checks); a slot is claimed just
@@ -272,6 +336,7 @@ fn to_counts(pid: u32, raw: &RawProcessCounts) -> ProcessCounts {
         requests: raw.requests,
         responses,
         untracked_responses: raw.untracked_responses,
+        latency: latency.map(to_latency).unwrap_or_default(),
     }
 }
 
@@ -282,6 +347,8 @@ mod tests {
     #[test]
     fn raw_layout_matches_the_c_struct() {
         assert_eq!(std::mem::size_of::<RawProcessCounts>(), 424);
+        assert_eq!(std::mem::size_of::<RawLatencyStats>(), 1728);
+        assert_eq!(std::mem::size_of::<RawAwaiting>(), 144);
     }
 
     #[test]
@@ -309,7 +376,7 @@ mod tests {
         raw.responses[0] = 2;
         raw.codes[1] = 404; // claimed, no count yet
         raw.comm[..5].copy_from_slice(b"nginx");
-        let c = to_counts(77, &raw);
+        let c = to_counts(77, &raw, None);
         assert_eq!(c.pid, 77);
         assert_eq!(c.comm, "nginx");
         assert_eq!(c.responses, BTreeMap::from([(200, 2)]));

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::latency::LatencyHistogram;
+
 /// Cumulative counts of one process, as read from the kernel.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProcessCounts {
@@ -17,25 +19,33 @@ pub struct ProcessCounts {
     pub responses: BTreeMap<u16, u64>,
     /// Responses whose code found no free slot in the kernel entry.
     pub untracked_responses: u64,
+    /// Latencies of the responses paired with a request.
+    pub latency: LatencyHistogram,
 }
 
 /// Things the probe saw but could not count, cumulative since it was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProbeDrops {
     pub process_map_full: u64,
-    pub inflight_map_full: u64,
+    pub syscall_table_full: u64,
     pub message_limit: u64,
     pub segment_limit: u64,
+    pub awaiting_full: u64,
+    pub pipeline_depth: u64,
 }
 
 impl ProbeDrops {
+    pub const REASONS: usize = 6;
+
     /// (metric label, count) pairs, in a fixed order.
-    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+    pub fn by_reason(&self) -> [(&'static str, u64); Self::REASONS] {
         [
             ("process_map_full", self.process_map_full),
-            ("inflight_map_full", self.inflight_map_full),
+            ("syscall_table_full", self.syscall_table_full),
             ("message_limit", self.message_limit),
             ("segment_limit", self.segment_limit),
+            ("awaiting_table_full", self.awaiting_full),
+            ("pipeline_depth", self.pipeline_depth),
         ]
     }
 }
@@ -46,6 +56,8 @@ pub struct CounterSnapshot {
     /// Sorted by pid.
     pub processes: Vec<ProcessCounts>,
     pub drops: ProbeDrops,
+    /// Connections with a request read and its response not yet written.
+    pub awaiting_connections: u64,
 }
 
 /// Per-second rates of one process over the last snapshot interval.
@@ -57,6 +69,9 @@ pub struct ProcessRates {
     pub responses_per_second: BTreeMap<u16, f64>,
     /// Cumulative requests: a process with none is not a server (yet).
     pub total_requests: u64,
+    /// Latency quantiles over the interval, when responses were paired in it.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
 }
 
 /// Remembers the previous snapshot so that the next one can be turned into
@@ -108,11 +123,14 @@ impl RateTracker {
                 if untracked > 0.0 {
                     responses_per_second.insert(0, untracked);
                 }
+                let latency = now.latency.since(&before.latency);
                 ProcessRates {
                     pid: now.pid,
                     requests_per_second: rate(before.requests, now.requests, elapsed_secs),
                     responses_per_second,
                     total_requests: now.requests,
+                    latency_p50_ms: latency.quantile_ms(0.5),
+                    latency_p99_ms: latency.quantile_ms(0.99),
                 }
             })
             .collect();
@@ -142,13 +160,14 @@ mod tests {
             requests,
             responses: responses.iter().copied().collect(),
             untracked_responses: 0,
+            latency: LatencyHistogram::default(),
         }
     }
 
     fn snapshot(processes: Vec<ProcessCounts>) -> CounterSnapshot {
         CounterSnapshot {
             processes,
-            drops: ProbeDrops::default(),
+            ..CounterSnapshot::default()
         }
     }
 
@@ -209,6 +228,22 @@ mod tests {
         let r = t.update(&snapshot(vec![process(7, 1, 4, &[(200, 2)])]), 1.0);
         assert_eq!(r[0].requests_per_second, 0.0);
         assert!(r[0].responses_per_second.is_empty());
+    }
+
+    #[test]
+    fn latency_quantiles_cover_only_the_last_interval() {
+        let mut t = RateTracker::default();
+        let mut p = process(7, 1, 1, &[(200, 1)]);
+        p.latency.fine[crate::latency::fine_bucket(100_000_000)] = 1; // 100 ms, earlier
+        t.update(&snapshot(vec![p.clone()]), 1.0);
+        p.latency.fine[crate::latency::fine_bucket(20_000_000)] += 3; // 3 x 20 ms, now
+        let r = t.update(&snapshot(vec![p.clone()]), 1.0);
+        let p50 = r[0].latency_p50_ms.unwrap();
+        assert!((p50 - 20.0).abs() < 0.7, "{p50}");
+        assert!((r[0].latency_p99_ms.unwrap() - 20.0).abs() < 0.7);
+        // No new latencies: no quantiles.
+        let r = t.update(&snapshot(vec![p]), 1.0);
+        assert_eq!((r[0].latency_p50_ms, r[0].latency_p99_ms), (None, None));
     }
 
     #[test]

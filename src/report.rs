@@ -10,6 +10,19 @@ use crate::rates::ProcessRates;
 pub const PLUGIN_LABEL: &str = "HTTP Statistics";
 pub const PLUGIN_DESCRIPTION: &str = "Adds http request metrics to processes";
 pub const REQUESTS_METRIC: &str = "http_requests_per_second";
+/// Latency quantiles: (metric id, label, priority right after the request rate).
+const LATENCY_METRICS: [(&str, &str, f64); 2] = [
+    (
+        "http_request_duration_p50_ms",
+        "HTTP Latency p50 (ms)",
+        0.11,
+    ),
+    (
+        "http_request_duration_p99_ms",
+        "HTTP Latency p99 (ms)",
+        0.12,
+    ),
+];
 const OTHERS: &str = "OTHERS";
 
 /// The response codes with a metric of their own, as the original plugin
@@ -79,6 +92,15 @@ pub fn render(plugin_id: &str, hostname: &str, rates: &[ProcessRates], date: &st
             REQUESTS_METRIC.to_string(),
             metric(p.requests_per_second, date),
         );
+        let quantiles = [p.latency_p50_ms, p.latency_p99_ms];
+        for ((id, label, priority), value) in LATENCY_METRICS.into_iter().zip(quantiles) {
+            if let Some(ms) = value {
+                templates
+                    .entry(id)
+                    .or_insert_with(|| json!({"id": id, "label": label, "priority": priority}));
+                metrics.insert(id.to_string(), metric(ms, date));
+            }
+        }
         for (group, r) in by_group {
             let id = response_metric_id(group);
             if !templates.contains_key(&id) {
@@ -142,6 +164,8 @@ mod tests {
             requests_per_second: req,
             responses_per_second: codes.iter().copied().collect(),
             total_requests: total,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
         }
     }
 
@@ -239,6 +263,37 @@ mod tests {
             metrics["http_requests_per_second"]["samples"][0]["value"],
             0.0
         );
+    }
+
+    #[test]
+    fn latency_quantiles_follow_the_request_rate() {
+        let mut r = rates(3, 2.0, 2, &[(200, 2.0)]);
+        r.latency_p50_ms = Some(20.5);
+        r.latency_p99_ms = Some(101.0);
+        let v: Value =
+            serde_json::from_str(&render("p", "h", &[r, rates(4, 0.0, 1, &[])], "d")).unwrap();
+        let t = &v["Process"]["metric_templates"];
+        assert_eq!(
+            t["http_request_duration_p50_ms"],
+            json!({"id": "http_request_duration_p50_ms", "label": "HTTP Latency p50 (ms)", "priority": 0.11})
+        );
+        assert_eq!(
+            t["http_request_duration_p99_ms"]["label"],
+            "HTTP Latency p99 (ms)"
+        );
+        assert_eq!(t["http_request_duration_p99_ms"]["priority"], 0.12);
+        let m = &v["Process"]["nodes"]["h;3"]["metrics"];
+        assert_eq!(
+            m["http_request_duration_p50_ms"]["samples"][0]["value"],
+            20.5
+        );
+        assert_eq!(
+            m["http_request_duration_p99_ms"]["samples"][0]["value"],
+            101.0
+        );
+        // A process without paired responses in the interval has none.
+        let idle = v["Process"]["nodes"]["h;4"]["metrics"].as_object().unwrap();
+        assert!(!idle.contains_key("http_request_duration_p50_ms"));
     }
 
     #[test]

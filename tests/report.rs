@@ -143,6 +143,11 @@ fn report_shows_every_tracked_code_and_others_while_traffic_flows() {
         .iter()
         .map(|&c| code_metric(c))
         .chain([REQUESTS_METRIC.to_string(), OTHERS_METRIC.to_string()])
+        // Every response answers a request it read: latency is measured too.
+        .chain([
+            "http_request_duration_p50_ms".to_string(),
+            "http_request_duration_p99_ms".to_string(),
+        ])
         .collect();
     let mut report = Value::Null;
     let shown = wait_until(Duration::from_secs(8), || {
