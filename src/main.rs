@@ -3,6 +3,7 @@
 
 mod cli;
 mod daemon;
+mod http;
 mod latency;
 mod metrics;
 mod probe;

@@ -1,0 +1,306 @@
+//! Just enough HTTP/1.x for Scope's polls and Prometheus scrapes, as pure
+//! functions: parse a request head from a buffer, route it, frame the
+//! answer. Bounded: heads over `MAX_HEAD` bytes and bodies over `MAX_BODY`
+//! are refused, never buffered.
+
+/// Longest request line plus headers accepted (431 beyond).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Longest request body accepted, and skipped (413 beyond): nothing here
+/// takes a body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    /// Whether the connection stays open after the answer.
+    pub keep_alive: bool,
+    /// Bytes of head plus body this request occupies in the buffer.
+    pub length: usize,
+}
+
+/// What the bytes at the start of a connection's buffer amount to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parse {
+    /// Not a whole request yet.
+    Incomplete,
+    Request(RequestHead),
+    /// Refused with this status; the connection is closed after the answer.
+    Error(u16),
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Parses the request at the start of `buf` (pipelined requests follow it).
+pub fn parse_request(buf: &[u8]) -> Parse {
+    let Some(head_len) = find_head_end(buf) else {
+        return if buf.len() > MAX_HEAD {
+            Parse::Error(431)
+        } else {
+            Parse::Incomplete
+        };
+    };
+    if head_len > MAX_HEAD {
+        return Parse::Error(431);
+    }
+    let Ok(head) = std::str::from_utf8(&buf[..head_len - 4]) else {
+        return Parse::Error(400);
+    };
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parse::Error(400);
+    };
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => {
+            return Parse::Error(if version.starts_with("HTTP/") {
+                505
+            } else {
+                400
+            })
+        }
+    };
+    if method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+    {
+        return Parse::Error(400);
+    }
+    let mut keep_alive = !http10;
+    let mut body = 0usize;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Parse::Error(400);
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            body = match value.parse::<usize>() {
+                Ok(n) if n <= MAX_BODY => n,
+                Ok(_) => return Parse::Error(413),
+                Err(_) => return Parse::Error(400),
+            };
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Nothing here takes a body; a chunked one cannot be skipped cheaply.
+            return Parse::Error(411);
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            if v.contains("close") {
+                keep_alive = false;
+            } else if v.contains("keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    if buf.len() < head_len + body {
+        return Parse::Incomplete;
+    }
+    Parse::Request(RequestHead {
+        method: method.to_string(),
+        target: target.to_string(),
+        keep_alive,
+        length: head_len + body,
+    })
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Report,
+    Metrics,
+    /// An error status with a short plain-text reason.
+    Refuse(u16, &'static str),
+}
+
+/// Routes a request: GET (or HEAD) of /report or /metrics, query ignored.
+pub fn route(method: &str, target: &str) -> Route {
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let page = match path {
+        "/report" => Route::Report,
+        "/metrics" => Route::Metrics,
+        _ => return Route::Refuse(404, "not found: try GET /report or GET /metrics\n"),
+    };
+    match method {
+        "GET" | "HEAD" => page,
+        _ => Route::Refuse(405, "method not allowed: use GET\n"),
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// The status line and headers of an answer with a body of `body_len` bytes.
+pub fn response_head(
+    status: u16,
+    content_type: &str,
+    body_len: usize,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\n",
+        reason(status)
+    );
+    if status == 405 {
+        head.push_str("Allow: GET, HEAD\r\n");
+    }
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    head.into_bytes()
+}
+
+/// The plain-text body of an error status.
+pub fn error_body(status: u16) -> &'static str {
+    match status {
+        408 => "request timeout: the request did not arrive in time\n",
+        411 => "length required: chunked bodies are not accepted\n",
+        413 => "content too large: bodies over 64 KiB are refused\n",
+        431 => "request header fields too large: heads over 8 KiB are refused\n",
+        505 => "HTTP version not supported: use HTTP/1.1 or HTTP/1.0\n",
+        _ => "bad request\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(buf: &[u8]) -> RequestHead {
+        match parse_request(buf) {
+            Parse::Request(r) => r,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scope_poll() {
+        let r = request(b"GET /report?api_version=1&probe_id=abc HTTP/1.1\r\nHost: plugin\r\nAccept-Encoding: gzip\r\n\r\n");
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.target, "/report?api_version=1&probe_id=abc");
+        assert!(r.keep_alive);
+        assert_eq!(route(&r.method, &r.target), Route::Report);
+    }
+
+    #[test]
+    fn http10_closes_unless_asked_and_needs_no_host() {
+        assert!(!request(b"GET /metrics HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(request(b"GET /metrics HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!request(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn incomplete_until_the_head_and_body_are_there() {
+        assert_eq!(parse_request(b""), Parse::Incomplete);
+        assert_eq!(
+            parse_request(b"GET /report HTTP/1.1\r\nHost: x\r\n"),
+            Parse::Incomplete
+        );
+        assert_eq!(
+            parse_request(b"GET /report HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"),
+            Parse::Incomplete
+        );
+        let r = request(
+            b"GET /report HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcdeGET /metrics HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(r.length, 43 + 5);
+    }
+
+    #[test]
+    fn pipelined_requests_parse_one_after_another() {
+        let buf = b"GET /report HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n";
+        let first = request(buf);
+        let second = request(&buf[first.length..]);
+        assert_eq!(
+            (first.target.as_str(), second.target.as_str()),
+            ("/report", "/metrics")
+        );
+        assert_eq!(first.length + second.length, buf.len());
+    }
+
+    #[test]
+    fn oversized_and_malformed_requests_are_refused() {
+        let mut big = b"GET /report HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        assert_eq!(parse_request(&big), Parse::Error(431));
+        big.extend(b"\r\n\r\n");
+        assert_eq!(parse_request(&big), Parse::Error(431));
+        assert_eq!(
+            parse_request(b"GET /report HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"),
+            Parse::Error(413)
+        );
+        assert_eq!(
+            parse_request(b"GET /report HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Parse::Error(400)
+        );
+        assert_eq!(
+            parse_request(b"POST /report HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parse::Error(411)
+        );
+        assert_eq!(
+            parse_request(b"\x00\xff\xfe garbage\r\n\r\n"),
+            Parse::Error(400)
+        );
+        assert_eq!(parse_request(b"GET /report\r\n\r\n"), Parse::Error(400));
+        assert_eq!(
+            parse_request(b"GET /report HTTP/2.0\r\n\r\n"),
+            Parse::Error(505)
+        );
+        assert_eq!(
+            parse_request(b"get /report HTTP/1.1\r\n\r\n"),
+            Parse::Error(400)
+        );
+        assert_eq!(
+            parse_request(b"GET report HTTP/1.1\r\n\r\n"),
+            Parse::Error(400)
+        );
+        assert_eq!(
+            parse_request(b"GET /report HTTP/1.1\r\nno colon\r\n\r\n"),
+            Parse::Error(400)
+        );
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET", "/report"), Route::Report);
+        assert_eq!(route("HEAD", "/metrics?x"), Route::Metrics);
+        assert_eq!(
+            route("POST", "/report"),
+            Route::Refuse(405, "method not allowed: use GET\n")
+        );
+        assert!(matches!(route("GET", "/"), Route::Refuse(404, _)));
+        assert!(matches!(route("DELETE", "/nope"), Route::Refuse(404, _)));
+        assert!(matches!(route("GET", "/reports"), Route::Refuse(404, _)));
+    }
+
+    #[test]
+    fn response_heads() {
+        let h = String::from_utf8(response_head(200, "application/json", 12, true)).unwrap();
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let h = String::from_utf8(response_head(405, "text/plain", 3, false)).unwrap();
+        assert!(h.contains("Allow: GET, HEAD\r\n") && h.ends_with("Connection: close\r\n\r\n"));
+    }
+}
