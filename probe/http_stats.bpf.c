@@ -4,9 +4,15 @@
  * reads from TCP sockets and the responses (by status code) it writes to them.
  *
  * Layers:
- *   hooks   one small program per syscall tracepoint; the enter side decides
- *           in the kernel whether the fd is a TCP socket and remembers the
- *           user buffer, the exit side hands (process, buffer, length) on.
+ *   hooks   two interchangeable paths that hand (process, connection, user
+ *           buffer, length) to the same core, chosen by the daemon at start:
+ *           - socket layer (Linux 6.3+): sock/sock_recv_length and
+ *             sock/sock_send_length fire once per TCP receive or send; the
+ *             user buffer comes from the syscall's registers. Other syscalls
+ *             are never slowed down.
+ *           - syscall tracepoints (older kernels): the enter side decides in
+ *             the kernel whether the fd is a TCP socket and remembers the
+ *             buffer, the exit side hands it on.
  *   parsing parse_buffer()/scan_headers(): find every message start in a
  *           buffer (pipelining), skipping bodies by Content-Length.
  *   counting process_counts, keyed by tgid, removed when the process exits;
@@ -36,7 +42,15 @@ struct files_struct {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	unsigned int flags;
 	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+/* x86_64 user registers at syscall entry (socket-layer path). */
+struct pt_regs {
+	unsigned long dx;
+	unsigned long si;
+	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
 struct inode {
@@ -94,6 +108,19 @@ struct user_msghdr {
 #define AF_INET 2
 #define AF_INET6 10
 #define MSG_PEEK 2
+#define IPPROTO_TCP 6
+#define IPPROTO_MPTCP 262
+#define PF_KTHREAD 0x00200000
+
+/* x86_64 syscall numbers of the socket I/O the socket-layer path understands. */
+#define NR_read 0
+#define NR_write 1
+#define NR_readv 19
+#define NR_writev 20
+#define NR_sendto 44
+#define NR_recvfrom 45
+#define NR_sendmsg 46
+#define NR_recvmsg 47
 #define E2BIG 7
 
 /* Direction of a socket transfer, from the traced process's side. */
@@ -698,15 +725,26 @@ static __always_inline int remember_io(__u32 fd, __u64 buf, __u32 iovcnt, __u32 
 	return 0;
 }
 
-static __always_inline int remember_msghdr(__u32 fd, __u64 msg, __u64 flags, __u32 dir)
+/* The iovec array and its length of a user msghdr; 0 when unreadable or empty. */
+static __always_inline __u32 msghdr_iov(__u64 msg, __u64 *iov)
 {
 	struct user_msghdr m;
 
-	if ((flags & MSG_PEEK) || bpf_probe_read_user(&m, sizeof(m), (const void *)msg))
+	if (bpf_probe_read_user(&m, sizeof(m), (const void *)msg) || !m.msg_iovlen)
 		return 0;
-	if (!m.msg_iovlen)
+	*iov = m.msg_iov;
+	return m.msg_iovlen > 1024 ? 1024 : m.msg_iovlen;
+}
+
+static __always_inline int remember_msghdr(__u32 fd, __u64 msg, __u64 flags, __u32 dir)
+{
+	__u64 iov = 0;
+	__u32 iovcnt;
+
+	if (flags & MSG_PEEK)
 		return 0;
-	return remember_io(fd, m.msg_iov, m.msg_iovlen > 1024 ? 1024 : m.msg_iovlen, dir);
+	iovcnt = msghdr_iov(msg, &iov);
+	return iovcnt ? remember_io(fd, iov, iovcnt, dir) : 0;
 }
 
 /* Walks an iovec array as one stream: a body that runs past a segment is
@@ -735,13 +773,33 @@ static __always_inline void handle_iovecs(__u64 iov, __u32 iovcnt, __u64 total)
 		count_drop(DROP_SEGMENT_LIMIT);
 }
 
-/* Exit side: hand (process, connection, buffer, length) to the counting core. */
+/* The meeting point of both hook paths: hands one transfer of `len` bytes
+ * (process, connection, direction, time, user buffer or iovec array) to the
+ * counting core. */
+static __always_inline int count_transfer(__u32 tgid, __u64 sk, __u32 dir, __u64 io_ns, __u64 buf,
+					  __u32 iovcnt, long len)
+{
+	__u32 key = 0;
+	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+
+	if (!s)
+		return 0;
+	s->tgid = tgid;
+	s->dir = dir;
+	s->sk = sk;
+	s->io_ns = io_ns;
+	if (iovcnt)
+		handle_iovecs(buf, iovcnt, len);
+	else
+		parse_buffer(buf, len > MAX_BODY ? MAX_BODY : len, 0);
+	return 0;
+}
+
+/* Syscall path, exit side: the bytes actually transferred. */
 static __always_inline int complete_io(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_io *p = bpf_map_lookup_elem(&syscalls_in_flight, &id);
-	struct scan_scratch *s;
-	__u32 key = 0;
 
 	if (!p)
 		return 0;
@@ -750,20 +808,84 @@ static __always_inline int complete_io(long ret)
 	bpf_map_delete_elem(&syscalls_in_flight, &id);
 	if (ret < MIN_MESSAGE)
 		return 0;
-	s = bpf_map_lookup_elem(&scratch, &key);
-	if (!s)
-		return 0;
-	s->tgid = id >> 32;
-	s->dir = io.dir;
-	s->sk = io.sk;
 	/* A request was delivered when its read returned; a response began when its write did. */
-	s->io_ns = io.dir == DIR_READ ? bpf_ktime_get_ns() : io.enter_ns;
-	if (io.iovcnt)
-		handle_iovecs(io.buf, io.iovcnt, ret);
-	else
-		parse_buffer(io.buf, ret > MAX_BODY ? MAX_BODY : ret, 0);
-	return 0;
+	return count_transfer(id >> 32, io.sk, io.dir,
+			      io.dir == DIR_READ ? bpf_ktime_get_ns() : io.enter_ns, io.buf, io.iovcnt,
+			      ret);
 }
+
+/* ---- socket-layer path ---- */
+
+struct sock_length_args {
+	__u64 common;
+	__u64 sk;
+	__u16 family;
+	__u16 protocol;
+	int ret;
+	int flags;
+};
+
+/* One TCP receive or send of the current task: find the user buffer in the
+ * syscall's registers and hand the transfer on. */
+static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
+{
+	if (ctx->ret < MIN_MESSAGE || (ctx->family != AF_INET && ctx->family != AF_INET6) ||
+	    (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_MPTCP) ||
+	    (dir == DIR_READ && (ctx->flags & MSG_PEEK)))
+		return 0;
+
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	if (BPF_CORE_READ(task, flags) & PF_KTHREAD)
+		return 0; /* kernel sockets (NFS, iSCSI...): no user buffer */
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	__u64 arg = BPF_CORE_READ(regs, si); /* buf, iovec array or msghdr */
+	__u32 iovcnt = 0;
+
+	switch (nr) {
+	case NR_read:
+	case NR_recvfrom:
+	case NR_write:
+	case NR_sendto:
+		break;
+	case NR_readv:
+	case NR_writev: {
+		__u64 n = BPF_CORE_READ(regs, dx);
+
+		iovcnt = n > 1024 ? 1024 : n;
+		if (!iovcnt)
+			return 0;
+		break;
+	}
+	case NR_recvmsg:
+	case NR_sendmsg:
+		iovcnt = msghdr_iov(arg, &arg);
+		if (!iovcnt)
+			return 0;
+		break;
+	default:
+		/* io_uring, sendfile, splice, recvmmsg/sendmmsg...: no buffer we can read. */
+		count_drop(DROP_UNSUPPORTED_SYSCALL);
+		return 0;
+	}
+	return count_transfer(bpf_get_current_pid_tgid() >> 32, ctx->sk, dir, bpf_ktime_get_ns(), arg,
+			      iovcnt, ctx->ret);
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int sock_recv(struct sock_length_args *ctx)
+{
+	return socket_io(ctx, DIR_READ);
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int sock_send(struct sock_length_args *ctx)
+{
+	return socket_io(ctx, DIR_WRITE);
+}
+
+/* ---- syscall-tracepoint path ---- */
 
 #define ARG(i) (ctx->args[i])
 

@@ -52,7 +52,8 @@ enum probe_drop {
 	DROP_SEGMENT_LIMIT = 3,     /* an iovec array had more segments than the probe walks */
 	DROP_AWAITING_FULL = 4,     /* a request found awaiting_response full: no latency for it */
 	DROP_PIPELINE_DEPTH = 5,    /* more requests awaiting a response on one connection than kept */
-	DROP_REASONS = 6,
+	DROP_UNSUPPORTED_SYSCALL = 6, /* socket path: TCP I/O by io_uring, sendfile, splice...: not read */
+	DROP_REASONS = 7,
 };
 
 #endif /* HTTP_STATS_H */

@@ -22,6 +22,10 @@ Options:
   --hostname NAME        Host part of Scope node ids (<host>;<pid>)
                          [default: $SCOPE_HOSTNAME, else the machine's hostname]
   --max-processes N      Processes the kernel table holds at once [default: 16384]
+  --hooks PATH           auto, socket or syscalls: where the probe hooks in [default: auto]
+                         socket: sock_recv_length/sock_send_length (Linux 6.3+), costs
+                         nothing to I/O that is not on a socket; syscalls: syscall
+                         tracepoints, for older kernels. auto takes socket when it can.
   --log-level LEVEL      error, warn, info or debug [default: info]
   -h, --help             Print this help and exit
   --healthcheck          Ask the daemon on --socket for its report and exit 0 when it
@@ -31,11 +35,21 @@ Options:
 Needs root (or CAP_BPF and CAP_PERFMON). SIGINT/SIGTERM remove the socket and exit 0.
 ";
 
+/// Which hook path the probe uses (see probe/http_stats.bpf.c).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookChoice {
+    /// The socket layer when the kernel allows it, else syscall tracepoints.
+    Auto,
+    Socket,
+    Syscalls,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub socket: PathBuf,
     pub hostname: Option<String>,
     pub max_processes: u32,
+    pub hooks: HookChoice,
     pub log_level: LevelFilter,
 }
 
@@ -59,6 +73,7 @@ where
         socket: PathBuf::from(DEFAULT_SOCKET),
         hostname: None,
         max_processes: DEFAULT_MAX_PROCESSES,
+        hooks: HookChoice::Auto,
         log_level: LevelFilter::Info,
     };
     let mut health_check = false;
@@ -89,6 +104,19 @@ where
                     _ => {
                         return Err(format!(
                             "--max-processes: {v:?} is not a number from 1 to 4194304"
+                        ))
+                    }
+                };
+            }
+            "--hooks" => {
+                let v = value("--hooks")?;
+                config.hooks = match v.as_str() {
+                    "auto" => HookChoice::Auto,
+                    "socket" => HookChoice::Socket,
+                    "syscalls" => HookChoice::Syscalls,
+                    _ => {
+                        return Err(format!(
+                            "--hooks: {v:?} is not one of auto, socket, syscalls"
                         ))
                     }
                 };
@@ -134,6 +162,7 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.hostname, None);
         assert_eq!(c.max_processes, DEFAULT_MAX_PROCESSES);
+        assert_eq!(c.hooks, HookChoice::Auto);
         assert_eq!(c.log_level, LevelFilter::Info);
     }
 
@@ -151,6 +180,15 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("h1"));
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert_eq!(c.max_processes, 10);
+    }
+
+    #[test]
+    fn hook_choices() {
+        assert_eq!(run(&["--hooks", "socket"]).hooks, HookChoice::Socket);
+        assert_eq!(run(&["--hooks=syscalls"]).hooks, HookChoice::Syscalls);
+        assert!(parse(["--hooks", "kprobes"])
+            .unwrap_err()
+            .contains("--hooks"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use log::{info, warn, LevelFilter};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::cli::Config;
+use crate::metrics::DaemonFacts;
 use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
 use crate::server::{plugin_id, Rendered, RenderedSlot, SocketServer};
@@ -55,6 +56,10 @@ impl DropEpisodes {
         let before = self.last.by_reason();
         for (i, (reason, count)) in now.by_reason().into_iter().enumerate() {
             let grew = count > before[i].1;
+            // Not a fault: nginx's sendfile bodies land here all the time.
+            if reason == "unsupported_syscall" {
+                continue;
+            }
             if grew && !self.growing[i] {
                 let hint = match reason {
                     "process_map_full" => {
@@ -81,13 +86,13 @@ fn render(
     snapshot: &CounterSnapshot,
     tracker: &mut RateTracker,
     elapsed: f64,
-    max_processes: u32,
+    facts: &DaemonFacts,
 ) -> Rendered {
     let rates = tracker.update(snapshot, elapsed);
     let date = report::rfc3339(SystemTime::now());
     Rendered {
         report: Arc::from(report::render(plugin_id, hostname, &rates, &date).into_bytes()),
-        metrics: Arc::from(metrics::render(snapshot, max_processes).into_bytes()),
+        metrics: Arc::from(metrics::render(snapshot, facts).into_bytes()),
     }
 }
 
@@ -105,11 +110,18 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot install a handler for signal {signal}: {e}"))?;
     }
 
-    let probe = Probe::load(config.max_processes)?;
+    let probe = Probe::load(config.max_processes, config.hooks)?;
     info!(
-        "probe attached to the syscall tracepoints (up to {} processes)",
+        "probe attached on the {} path ({}), up to {} processes",
+        probe.hook_path.name(),
+        probe.hook_reason,
         config.max_processes
     );
+    let facts = DaemonFacts {
+        tracked_limit: config.max_processes,
+        hook_path: probe.hook_path.name(),
+        hook_reason: probe.hook_reason.clone(),
+    };
     let mut tracker = RateTracker::default();
     let mut last = Instant::now();
     let first = render(
@@ -118,7 +130,7 @@ pub fn run(config: Config) -> Result<(), String> {
         &CounterSnapshot::default(),
         &mut tracker,
         0.0,
-        config.max_processes,
+        &facts,
     );
     let slot: RenderedSlot = Arc::new(Mutex::new(first));
     let server = SocketServer::start(&config.socket, Arc::clone(&slot))?;
@@ -151,7 +163,7 @@ pub fn run(config: Config) -> Result<(), String> {
             &snapshot,
             &mut tracker,
             elapsed,
-            config.max_processes,
+            &facts,
         );
         match slot.lock() {
             Ok(mut s) => *s = rendered,

@@ -27,9 +27,17 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every counter in `snapshot`; `tracked_limit` is the kernel
-/// table's bound, exported so that operators can alert before it fills.
-pub fn render(snapshot: &CounterSnapshot, tracked_limit: u32) -> String {
+/// What the daemon runs with, exported beside the counters.
+pub struct DaemonFacts {
+    /// The kernel table's bound, so that operators can alert before it fills.
+    pub tracked_limit: u32,
+    /// The probe's hook path ("socket" or "syscalls") and why it was chosen.
+    pub hook_path: &'static str,
+    pub hook_reason: String,
+}
+
+/// Renders every counter in `snapshot`, and the daemon's facts.
+pub fn render(snapshot: &CounterSnapshot, facts: &DaemonFacts) -> String {
     let mut out = String::new();
     header(
         &mut out,
@@ -145,7 +153,20 @@ pub fn render(snapshot: &CounterSnapshot, tracked_limit: u32) -> String {
     );
     let _ = writeln!(
         out,
-        "scope_http_statistics_tracked_processes_limit {tracked_limit}"
+        "scope_http_statistics_tracked_processes_limit {}",
+        facts.tracked_limit
+    );
+    header(
+        &mut out,
+        "scope_http_statistics_hooks_info",
+        "gauge",
+        "Where the probe hooks in (socket layer or syscall tracepoints) and why; always 1.",
+    );
+    let _ = writeln!(
+        out,
+        "scope_http_statistics_hooks_info{{path=\"{}\",reason=\"{}\"}} 1",
+        facts.hook_path,
+        escape(&facts.hook_reason)
     );
     out
 }
@@ -155,6 +176,14 @@ mod tests {
     use super::*;
     use crate::latency::LatencyHistogram;
     use crate::rates::{ProbeDrops, ProcessCounts};
+
+    fn facts(tracked_limit: u32) -> DaemonFacts {
+        DaemonFacts {
+            tracked_limit,
+            hook_path: "socket",
+            hook_reason: "auto: \"why\"".into(),
+        }
+    }
 
     #[test]
     fn renders_counters_with_labels() {
@@ -178,7 +207,7 @@ mod tests {
             },
             awaiting_connections: 4,
         };
-        let out = render(&snapshot, 100);
+        let out = render(&snapshot, &facts(100));
         let expected = [
             "# TYPE http_server_requests_total counter",
             "http_server_requests_total{pid=\"42\",comm=\"we\\\"ird\\\\n\"} 7",
@@ -188,6 +217,7 @@ mod tests {
             "scope_http_statistics_probe_drops_total{reason=\"process_map_full\"} 3",
             "scope_http_statistics_probe_drops_total{reason=\"segment_limit\"} 0",
             "scope_http_statistics_tracked_processes 1",
+            "scope_http_statistics_hooks_info{path=\"socket\",reason=\"auto: \\\"why\\\"\"} 1",
             "# TYPE http_server_request_duration_seconds histogram",
             "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"0.005\"} 1",
             "http_server_request_duration_seconds_bucket{pid=\"42\",comm=\"we\\\"ird\\\\n\",le=\"0.01\"} 1",
@@ -219,7 +249,7 @@ mod tests {
 
     #[test]
     fn empty_snapshot_still_declares_families() {
-        let out = render(&CounterSnapshot::default(), 16384);
+        let out = render(&CounterSnapshot::default(), &facts(16384));
         assert!(out.contains("# TYPE http_server_requests_total counter"));
         assert!(out.contains("scope_http_statistics_tracked_processes 0"));
     }

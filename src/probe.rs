@@ -11,6 +11,7 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use log::{debug, info};
 
+use crate::cli::HookChoice;
 use crate::latency::{self, LatencyHistogram};
 use crate::rates::{CounterSnapshot, ProbeDrops, ProcessCounts};
 
@@ -21,7 +22,7 @@ static PROBE_OBJECT: &[u8] =
 /// Mirrors `MAX_CODES_PER_PROCESS` in probe/http_stats.h.
 const MAX_CODES_PER_PROCESS: usize = 32;
 /// Mirrors `DROP_REASONS` in probe/http_stats.h.
-const DROP_REASONS: u32 = 6;
+const DROP_REASONS: u32 = 7;
 
 /// Mirrors `struct process_counts` in probe/http_stats.h.
 #[repr(C)]
@@ -52,9 +53,18 @@ struct RawLatencyStats {
 // pattern is valid.
 unsafe impl aya::Pod for RawLatencyStats {}
 
-/// (program, tracepoint category, tracepoint names it is attached to). The
-/// eight exits share one program: the kernel verifies it once.
-const HOOKS: [(&str, &str, &[&str]); 11] = [
+/// (program, tracepoint category, tracepoint names it is attached to).
+type Hook = (&'static str, &'static str, &'static [&'static str]);
+
+/// The socket-layer path (Linux 6.3+): unrelated syscalls pay nothing.
+const SOCKET_HOOKS: [Hook; 2] = [
+    ("sock_recv", "sock", &["sock_recv_length"]),
+    ("sock_send", "sock", &["sock_send_length"]),
+];
+
+/// The syscall-tracepoint path. The eight exits share one program: the
+/// kernel verifies it once.
+const SYSCALL_HOOKS: [Hook; 9] = [
     ("enter_read", "syscalls", &["sys_enter_read"]),
     ("enter_recvfrom", "syscalls", &["sys_enter_recvfrom"]),
     ("enter_readv", "syscalls", &["sys_enter_readv"]),
@@ -77,9 +87,97 @@ const HOOKS: [(&str, &str, &[&str]); 11] = [
             "sys_exit_sendmsg",
         ],
     ),
+];
+
+/// Needed on both paths: cleanup when processes exit and sockets close.
+const COMMON_HOOKS: [Hook; 2] = [
     ("process_exit", "sched", &["sched_process_exit"]),
     ("socket_state", "sock", &["inet_sock_set_state"]),
 ];
+
+/// The hook path in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPath {
+    Socket,
+    Syscalls,
+}
+
+impl HookPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookPath::Socket => "socket",
+            HookPath::Syscalls => "syscalls",
+        }
+    }
+
+    fn hooks(self) -> &'static [Hook] {
+        match self {
+            HookPath::Socket => &SOCKET_HOOKS,
+            HookPath::Syscalls => &SYSCALL_HOOKS,
+        }
+    }
+}
+
+/// What to try, given the choice and whether the kernel has the socket-layer
+/// tracepoints: the path to load first, and whether syscalls may replace it
+/// when the kernel refuses it. Pure, so the rules are tested.
+pub fn plan(choice: HookChoice, has_socket_tracepoints: bool) -> Result<(HookPath, bool), String> {
+    match (choice, has_socket_tracepoints) {
+        (HookChoice::Syscalls, _) => Ok((HookPath::Syscalls, false)),
+        (HookChoice::Socket, true) => Ok((HookPath::Socket, false)),
+        (HookChoice::Socket, false) => Err(
+            "--hooks socket: this kernel has no sock/sock_recv_length and \
+             sock/sock_send_length tracepoints (Linux 6.3 or later); use --hooks syscalls"
+                .to_string(),
+        ),
+        (HookChoice::Auto, true) => Ok((HookPath::Socket, true)),
+        (HookChoice::Auto, false) => Ok((HookPath::Syscalls, false)),
+    }
+}
+
+fn check_tracepoints(hooks: &[Hook]) -> Result<(), String> {
+    for (_, category, names) in hooks {
+        for name in names.iter() {
+            if !tracepoint_exists(category, name) {
+                return Err(format!(
+                    "tracepoint {category}/{name} is missing on this kernel"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads every program of `hooks` (the verifier runs here).
+fn load_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
+    for (program, _, _) in hooks {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("the probe has no program {program}"))?
+            .try_into()
+            .map_err(|e| describe(&format!("program {program}"), &e))?;
+        tp.load()
+            .map_err(|e| describe(&format!("the kernel refused program {program}"), &e))?;
+    }
+    Ok(())
+}
+
+fn attach_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
+    for (program, category, names) in hooks {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("the probe has no program {program}"))?
+            .try_into()
+            .map_err(|e| describe(&format!("program {program}"), &e))?;
+        for name in names.iter() {
+            tp.attach(category, name).map_err(|e| {
+                describe(&format!("cannot attach {program} to {category}/{name}"), &e)
+            })?;
+            debug!("attached {program} to {category}/{name}");
+        }
+    }
+    Ok(())
+}
 
 const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -91,6 +189,9 @@ pub struct Probe {
     latency_by_process: HashMap<MapData, u32, RawLatencyStats>,
     awaiting_response: HashMap<MapData, u64, RawAwaiting>,
     probe_drops: PerCpuArray<MapData, u64>,
+    pub hook_path: HookPath,
+    /// Why this path: forced, or what auto found.
+    pub hook_reason: String,
 }
 
 /// Mirrors `struct awaiting` in the probe; only its keys are counted.
@@ -207,7 +308,7 @@ impl Probe {
     /// Loads the embedded probe, sizes its process table and attaches every
     /// hook. Fails, with one line saying why, before anything is attached
     /// when the host cannot run it.
-    pub fn load(max_processes: u32) -> Result<Probe, String> {
+    pub fn load(max_processes: u32, choice: HookChoice) -> Result<Probe, String> {
         check_privileges()?;
         ensure_tracefs()?;
         if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -217,35 +318,44 @@ impl Probe {
                     .to_string(),
             );
         }
-        for (_, category, names) in HOOKS {
-            for name in names {
-                if !tracepoint_exists(category, name) {
-                    return Err(format!(
-                        "tracepoint {category}/{name} is missing on this kernel"
-                    ));
-                }
-            }
-        }
+        check_tracepoints(&COMMON_HOOKS)?;
+        let (first, may_fall_back) = plan(choice, check_tracepoints(&SOCKET_HOOKS).is_ok())?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("process_counts", max_processes)
             .map_max_entries("latency_by_process", max_processes)
             .load(PROBE_OBJECT)
             .map_err(|e| describe("cannot load the eBPF probe", &e))?;
-        for (program, category, names) in HOOKS {
-            let tp: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| format!("the probe has no program {program}"))?
-                .try_into()
-                .map_err(|e| describe(&format!("program {program}"), &e))?;
-            tp.load()
-                .map_err(|e| describe(&format!("the kernel refused program {program}"), &e))?;
-            for name in names {
-                tp.attach(category, name).map_err(|e| {
-                    describe(&format!("cannot attach {program} to {category}/{name}"), &e)
-                })?;
-                debug!("attached {program} to {category}/{name}");
+        let (path, reason) = match (first, load_programs(&mut ebpf, first.hooks())) {
+            (HookPath::Socket, Ok(())) if choice == HookChoice::Auto => (
+                HookPath::Socket,
+                "auto: the kernel has the socket-layer tracepoints".to_string(),
+            ),
+            (HookPath::Socket, Ok(())) => {
+                (HookPath::Socket, "forced by --hooks socket".to_string())
             }
-        }
+            (HookPath::Socket, Err(e)) if may_fall_back => {
+                check_tracepoints(&SYSCALL_HOOKS)?;
+                load_programs(&mut ebpf, &SYSCALL_HOOKS)?;
+                (
+                    HookPath::Syscalls,
+                    format!("auto: socket-layer programs refused ({e})"),
+                )
+            }
+            (HookPath::Socket, Err(e)) => return Err(format!("--hooks socket: {e}")),
+            (HookPath::Syscalls, result) => {
+                check_tracepoints(&SYSCALL_HOOKS)?;
+                result?;
+                let reason = if choice == HookChoice::Syscalls {
+                    "forced by --hooks syscalls"
+                } else {
+                    "auto: the kernel has no sock_recv_length/sock_send_length tracepoints (Linux 6.3+)"
+                };
+                (HookPath::Syscalls, reason.to_string())
+            }
+        };
+        load_programs(&mut ebpf, &COMMON_HOOKS)?;
+        attach_programs(&mut ebpf, path.hooks())?;
+        attach_programs(&mut ebpf, &COMMON_HOOKS)?;
         let process_counts = HashMap::try_from(take_map(&mut ebpf, "process_counts")?)
             .map_err(|e| describe("map process_counts", &e))?;
         let latency_by_process = HashMap::try_from(take_map(&mut ebpf, "latency_by_process")?)
@@ -260,6 +370,8 @@ impl Probe {
             latency_by_process,
             awaiting_response,
             probe_drops,
+            hook_path: path,
+            hook_reason: reason,
         })
     }
 
@@ -283,7 +395,7 @@ impl Probe {
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0)
         };
-        debug_assert_eq!(DROP_REASONS, 6);
+        debug_assert_eq!(DROP_REASONS, 7);
         CounterSnapshot {
             processes,
             drops: ProbeDrops {
@@ -293,6 +405,7 @@ impl Probe {
                 segment_limit: drop(3),
                 awaiting_full: drop(4),
                 pipeline_depth: drop(5),
+                unsupported_syscall: drop(6),
             },
             awaiting_connections: self.awaiting_response.keys().filter(Result::is_ok).count()
                 as u64,
@@ -349,6 +462,30 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawProcessCounts>(), 424);
         assert_eq!(std::mem::size_of::<RawLatencyStats>(), 1728);
         assert_eq!(std::mem::size_of::<RawAwaiting>(), 144);
+    }
+
+    #[test]
+    fn hook_plans() {
+        assert_eq!(plan(HookChoice::Auto, true), Ok((HookPath::Socket, true)));
+        assert_eq!(
+            plan(HookChoice::Auto, false),
+            Ok((HookPath::Syscalls, false))
+        );
+        assert_eq!(
+            plan(HookChoice::Socket, true),
+            Ok((HookPath::Socket, false))
+        );
+        assert!(plan(HookChoice::Socket, false)
+            .unwrap_err()
+            .contains("Linux 6.3"));
+        assert_eq!(
+            plan(HookChoice::Syscalls, true),
+            Ok((HookPath::Syscalls, false))
+        );
+        assert_eq!(
+            plan(HookChoice::Syscalls, false),
+            Ok((HookPath::Syscalls, false))
+        );
     }
 
     #[test]

@@ -32,10 +32,11 @@ pub struct ProbeDrops {
     pub segment_limit: u64,
     pub awaiting_full: u64,
     pub pipeline_depth: u64,
+    pub unsupported_syscall: u64,
 }
 
 impl ProbeDrops {
-    pub const REASONS: usize = 6;
+    pub const REASONS: usize = 7;
 
     /// (metric label, count) pairs, in a fixed order.
     pub fn by_reason(&self) -> [(&'static str, u64); Self::REASONS] {
@@ -46,6 +47,7 @@ impl ProbeDrops {
             ("segment_limit", self.segment_limit),
             ("awaiting_table_full", self.awaiting_full),
             ("pipeline_depth", self.pipeline_depth),
+            ("unsupported_syscall", self.unsupported_syscall),
         ]
     }
 }
