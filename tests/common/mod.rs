@@ -27,7 +27,7 @@ use serde_json::Value;
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_scope-http-statistics");
 
 /// How long the daemon may take to load its probe and answer on its socket.
-const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Counters are snapshotted once a second; this leaves room for a slow snapshot.
 pub const COUNT_TIMEOUT: Duration = Duration::from_secs(6);
 /// After a value reached its expected value, how long it must stay there
@@ -599,6 +599,17 @@ pub struct Daemon {
     dir: TempDir,
 }
 
+/// `--hooks $SHS_HOOKS` unless the test chose a path itself: `make test`
+/// runs every suite once per hook path (issue 9), with the same assertions.
+fn hook_path_args(extra: &[&str]) -> Vec<String> {
+    match std::env::var("SHS_HOOKS") {
+        Ok(path) if !path.is_empty() && !extra.iter().any(|a| a.starts_with("--hooks")) => {
+            vec!["--hooks".to_string(), path]
+        }
+        _ => Vec::new(),
+    }
+}
+
 impl Daemon {
     /// Starts the daemon with `--socket <tmp>/plugins/http-statistics.sock
     /// --hostname testhost`.
@@ -609,15 +620,40 @@ impl Daemon {
     /// Starts the daemon serving on `<fresh tmp dir>/plugins/<socket_name>`; the
     /// `plugins` directory does not exist yet: the daemon must create it.
     pub fn start_with(socket_name: &str, hostname: &str) -> Daemon {
-        require_root();
         let dir = TempDir::new("daemon");
         let socket = dir.path().join("plugins").join(socket_name);
+        Daemon::spawn(dir, socket, hostname, &[])
+    }
+
+    /// Like [`Daemon::start`], with `extra` command-line arguments after the
+    /// harness's own (e.g. `&["--max-processes", "1"]`).
+    pub fn start_args(extra: &[&str]) -> Daemon {
+        let dir = TempDir::new("daemon");
+        let socket = dir.path().join("plugins").join("http-statistics.sock");
+        Daemon::spawn(dir, socket, "testhost", extra)
+    }
+
+    /// Starts the daemon serving on `socket`, a path the test prepared (e.g.
+    /// one where a stale socket lies); its log goes to a fresh tmp dir.
+    pub fn start_at(socket: &Path) -> Daemon {
+        Daemon::spawn(
+            TempDir::new("daemon"),
+            socket.to_path_buf(),
+            "testhost",
+            &[],
+        )
+    }
+
+    fn spawn(dir: TempDir, socket: PathBuf, hostname: &str, extra: &[&str]) -> Daemon {
+        require_root();
         let log = dir.path().join("daemon.log");
         let log_file = File::create(&log).unwrap();
         let child = Command::new(DAEMON)
             .arg("--socket")
             .arg(&socket)
             .args(["--hostname", hostname, "--log-level", "info"])
+            .args(hook_path_args(extra))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
