@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use common::*;
-use serde_json::Value;
 
 /// Tracepoints the kernel lists as holding one of `pid`'s BPF programs: the
 /// `tp_name` of every perf link in the process's fdinfo (bpftool 7.1's
