@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // One plain line: the logger writes to stderr too, so not both.
             eprintln!("scope-http-statistics: {e}");
             ExitCode::FAILURE
         }

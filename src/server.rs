@@ -78,7 +78,7 @@ fn euid() -> u32 {
 /// socket left by a crashed run. Refuses, rather than follows or chmods, a
 /// directory that is a symlink, not a directory, or someone else's; refuses
 /// a live daemon's socket and anything that is not a socket.
-fn prepare_path(path: &Path) -> Result<(), String> {
+pub fn prepare_path(path: &Path) -> Result<(), String> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
