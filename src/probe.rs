@@ -148,15 +148,18 @@ fn check_tracepoints(hooks: &[Hook]) -> Result<(), String> {
     Ok(())
 }
 
+fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, String> {
+    ebpf.program_mut(program)
+        .ok_or_else(|| format!("the probe has no program {program}"))?
+        .try_into()
+        .map_err(|e| describe(&format!("program {program}"), &e))
+}
+
 /// Loads every program of `hooks` (the verifier runs here).
 fn load_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
     for (program, _, _) in hooks {
-        let tp: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("the probe has no program {program}"))?
-            .try_into()
-            .map_err(|e| describe(&format!("program {program}"), &e))?;
-        tp.load()
+        tracepoint_program(ebpf, program)?
+            .load()
             .map_err(|e| describe(&format!("the kernel refused program {program}"), &e))?;
     }
     Ok(())
@@ -164,11 +167,7 @@ fn load_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
 
 fn attach_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
     for (program, category, names) in hooks {
-        let tp: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("the probe has no program {program}"))?
-            .try_into()
-            .map_err(|e| describe(&format!("program {program}"), &e))?;
+        let tp = tracepoint_program(ebpf, program)?;
         for name in names.iter() {
             tp.attach(category, name).map_err(|e| {
                 describe(&format!("cannot attach {program} to {category}/{name}"), &e)
