@@ -80,16 +80,20 @@ lint: deps
 unit: deps
 	cargo test --locked --bins
 
-# Loads the real probe: needs root.
+# Suites whose counts depend on the hook path: run once per path (issue 9).
+PATH_SUITES := --test counting --test report --test latency --test limits
+
+# Loads the real probe: needs root. Every suite on the socket-layer path,
+# then the counting suites again on the syscall-tracepoint path.
 integration: test-deps
-	cargo test --locked --tests -- --test-threads=2
+	SHS_HOOKS=socket cargo test --locked --test '*' -- --test-threads=2
+	SHS_HOOKS=syscalls cargo test --locked $(PATH_SUITES) -- --test-threads=2
 
 smoke: build test-deps
 	scripts/ci-smoke.sh
 
 # The whole suite, as CI runs it.
-test: test-deps lint
-	cargo test --locked -- --test-threads=2
+test: test-deps lint unit integration
 	$(MAKE) smoke
 	$(MAKE) package-check
 
