@@ -34,13 +34,61 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// Longest method token accepted.
+const MAX_METHOD: usize = 16;
+
+/// Whether `prefix`, the start of a request line not yet whole, can still
+/// become one: `METHOD SP /...`. Lets garbage be refused at once, not after
+/// `MAX_HEAD` bytes.
+fn plausible_start(prefix: &[u8]) -> bool {
+    let method_len = prefix.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    match prefix.get(method_len) {
+        None => method_len <= MAX_METHOD,
+        Some(b' ') => {
+            (1..=MAX_METHOD).contains(&method_len)
+                && prefix.get(method_len + 1).is_none_or(|&b| b == b'/')
+        }
+        Some(_) => false,
+    }
+}
+
+/// Method, target and whether it is HTTP/1.0, or the status to refuse with.
+fn request_line(line: &str) -> Result<(&str, &str, bool), u16> {
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(400);
+    };
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ if version.starts_with("HTTP/") => return Err(505),
+        _ => return Err(400),
+    };
+    if !plausible_start(line.as_bytes()) || !target.starts_with('/') {
+        return Err(400);
+    }
+    Ok((method, target, http10))
+}
+
 /// Parses the request at the start of `buf` (pipelined requests follow it).
 pub fn parse_request(buf: &[u8]) -> Parse {
     let Some(head_len) = find_head_end(buf) else {
-        return if buf.len() > MAX_HEAD {
-            Parse::Error(431)
-        } else {
-            Parse::Incomplete
+        // Refuse what cannot become a request as soon as it shows.
+        let first_line_end = buf.windows(2).position(|w| w == b"\r\n");
+        return match first_line_end {
+            _ if !plausible_start(&buf[..first_line_end.unwrap_or(buf.len())]) => Parse::Error(400),
+            Some(end) => match std::str::from_utf8(&buf[..end])
+                .map_err(|_| 400)
+                .and_then(request_line)
+            {
+                Err(status) => Parse::Error(status),
+                Ok(_) if buf.len() > MAX_HEAD => Parse::Error(431),
+                Ok(_) => Parse::Incomplete,
+            },
+            None if buf.len() > MAX_HEAD => Parse::Error(431),
+            None => Parse::Incomplete,
         };
     };
     if head_len > MAX_HEAD {
@@ -50,30 +98,10 @@ pub fn parse_request(buf: &[u8]) -> Parse {
         return Parse::Error(400);
     };
     let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Parse::Error(400);
+    let (method, target, http10) = match request_line(lines.next().unwrap_or_default()) {
+        Ok(parsed) => parsed,
+        Err(status) => return Parse::Error(status),
     };
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => {
-            return Parse::Error(if version.starts_with("HTTP/") {
-                505
-            } else {
-                400
-            })
-        }
-    };
-    if method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
-        || !target.starts_with('/')
-    {
-        return Parse::Error(400);
-    }
     let mut keep_alive = !http10;
     let mut body = 0usize;
     for line in lines {

@@ -32,6 +32,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the worker wakes to check deadlines and the stop flag.
 const POLL_INTERVAL_MS: i32 = 100;
+/// After the last answer of a connection, what the client still sends is read
+/// and dropped for this long before closing: closing a Unix socket with
+/// unread bytes makes the client's next read fail with ECONNRESET, which can
+/// cost it the answer it was sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes buffered from one connection before it must have formed a request.
 const MAX_BUFFERED: usize = http::MAX_HEAD + http::MAX_BODY + 4;
 
@@ -218,6 +223,10 @@ struct Connection {
     /// Last read or write that moved bytes.
     last_progress: Instant,
     close_after_answer: bool,
+    /// The client has shut its sending side: answer what it sent, then close.
+    peer_done: bool,
+    /// Answered for the last time: discarding input until EOF or the deadline.
+    draining_since: Option<Instant>,
     closed: bool,
 }
 
@@ -252,7 +261,23 @@ impl Connection {
             request_started: None,
             last_progress: now,
             close_after_answer: false,
+            peer_done: false,
+            draining_since: None,
             closed: false,
+        }
+    }
+
+    /// The last answer is out: stop sending, and drain until the client
+    /// closes (see DRAIN_TIMEOUT).
+    fn finish(&mut self, now: Instant) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.input.clear();
+        self.answer = None;
+        self.request_started = None;
+        if self.peer_done {
+            self.closed = true;
+        } else {
+            self.draining_since = Some(now);
         }
     }
 
@@ -318,12 +343,14 @@ impl Connection {
 
     fn read(&mut self, slot: &RenderedSlot, now: Instant) {
         let mut chunk = [0u8; 4096];
-        while self.input.len() < MAX_BUFFERED {
+        let draining = self.draining_since.is_some();
+        while draining || self.input.len() < MAX_BUFFERED {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    self.closed = true;
-                    return;
+                    self.peer_done = true;
+                    break;
                 }
+                Ok(_) if draining => {}
                 Ok(n) => {
                     self.input.extend_from_slice(&chunk[..n]);
                     self.last_progress = now;
@@ -336,7 +363,16 @@ impl Connection {
                 }
             }
         }
+        if draining {
+            self.closed = self.peer_done;
+            return;
+        }
         self.take_request(slot, now);
+        if self.peer_done && self.answer.is_none() {
+            // A half-closed client gets the answers to what it sent; once
+            // nothing whole is left, the connection is done.
+            self.closed = true;
+        }
     }
 
     fn write(&mut self, slot: &RenderedSlot, now: Instant) {
@@ -345,13 +381,14 @@ impl Connection {
             if head.is_empty() && body.is_empty() {
                 self.answer = None;
                 if self.close_after_answer {
-                    // Unread request bytes would make close() send a reset
-                    // that can destroy the answer in flight: say we are done.
-                    let _ = self.stream.shutdown(std::net::Shutdown::Write);
-                    self.closed = true;
+                    self.finish(now);
                     return;
                 }
                 self.take_request(slot, now);
+                if self.peer_done && self.answer.is_none() {
+                    self.finish(now);
+                    return;
+                }
                 continue;
             }
             let bufs = [io::IoSlice::new(head), io::IoSlice::new(body)];
@@ -376,23 +413,22 @@ impl Connection {
         }
     }
 
-    /// Applies the deadlines; a request that did not arrive in time gets a
-    /// 408 if the socket takes it at once.
+    /// Applies the deadlines; a request that did not arrive in time is
+    /// answered 408 and the connection closed.
     fn enforce_deadlines(&mut self, now: Instant) {
-        if self.answer.is_some() {
+        if let Some(since) = self.draining_since {
+            if now.duration_since(since) > DRAIN_TIMEOUT {
+                self.closed = true;
+            }
+        } else if self.answer.is_some() {
             if now.duration_since(self.last_progress) > WRITE_TIMEOUT {
                 debug!("closing a connection whose client stopped reading");
                 self.closed = true;
             }
         } else if let Some(started) = self.request_started {
             if now.duration_since(started) > REQUEST_TIMEOUT {
-                let head =
-                    http::response_head(408, "text/plain", http::error_body(408).len(), false);
-                let _ = self
-                    .stream
-                    .write_all(&[head, http::error_body(408).as_bytes().to_vec()].concat());
-                debug!("closing a connection whose request did not arrive in time");
-                self.closed = true;
+                debug!("refusing a request that did not arrive in time");
+                self.refuse(408);
             }
         } else if now.duration_since(self.last_progress) > IDLE_TIMEOUT {
             self.closed = true;
