@@ -83,16 +83,17 @@ impl DropEpisodes {
 fn render(
     plugin_id: &str,
     hostname: &str,
-    snapshot: &CounterSnapshot,
+    snapshot: CounterSnapshot,
     tracker: &mut RateTracker,
     elapsed: f64,
     facts: &DaemonFacts,
 ) -> Rendered {
+    let metrics = Arc::from(metrics::render(&snapshot, facts).into_bytes());
     let rates = tracker.update(snapshot, elapsed);
     let date = report::rfc3339(SystemTime::now());
     Rendered {
         report: Arc::from(report::render(plugin_id, hostname, &rates, &date).into_bytes()),
-        metrics: Arc::from(metrics::render(snapshot, facts).into_bytes()),
+        metrics,
     }
 }
 
@@ -129,7 +130,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let first = render(
         &plugin_id,
         &hostname,
-        &CounterSnapshot::default(),
+        CounterSnapshot::default(),
         &mut tracker,
         0.0,
         &facts,
@@ -162,7 +163,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let rendered = render(
             &plugin_id,
             &hostname,
-            &snapshot,
+            snapshot,
             &mut tracker,
             elapsed,
             &facts,

@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use crate::cli::HookChoice;
 use crate::latency::{self, LatencyHistogram};
@@ -376,17 +376,24 @@ impl Probe {
 
     /// Reads every process's counters and the drop counters.
     pub fn snapshot(&self) -> CounterSnapshot {
-        let mut processes: Vec<ProcessCounts> = self
-            .process_counts
-            .iter()
-            // An entry can vanish between listing its key and reading it (the
-            // process exited): skip it.
-            .filter_map(Result::ok)
-            .map(|(pid, raw)| {
-                let latency = self.latency_by_process.get(&pid, 0).ok();
-                to_counts(pid, &raw, latency.as_ref())
-            })
-            .collect();
+        // aya already skips entries that vanish between listing a key and
+        // reading it (the process exited); anything else is a real failure.
+        let mut processes = Vec::new();
+        let mut failures = 0;
+        for entry in self.process_counts.iter() {
+            match entry {
+                Ok((pid, raw)) => {
+                    let latency = self.latency_by_process.get(&pid, 0).ok();
+                    processes.push(to_counts(pid, &raw, latency.as_ref()));
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!("reading the kernel's process table failed: {e}; this snapshot may miss processes");
+                    }
+                }
+            }
+        }
         processes.sort_by_key(|p| p.pid);
         let drop = |reason: u32| -> u64 {
             self.probe_drops

@@ -96,7 +96,9 @@ impl RateTracker {
     /// previous call (or since the probe was loaded, when counting started
     /// from zero). A process not seen before, or whose pid now belongs to a
     /// different process, counts from zero.
-    pub fn update(&mut self, snapshot: &CounterSnapshot, elapsed_secs: f64) -> Vec<ProcessRates> {
+    /// Takes the snapshot by value: it becomes the next baseline without a
+    /// copy (with thousands of processes the histograms weigh megabytes).
+    pub fn update(&mut self, snapshot: CounterSnapshot, elapsed_secs: f64) -> Vec<ProcessRates> {
         let empty = ProcessCounts::default();
         let rates = snapshot
             .processes
@@ -136,11 +138,7 @@ impl RateTracker {
                 }
             })
             .collect();
-        self.previous = snapshot
-            .processes
-            .iter()
-            .map(|p| (p.pid, p.clone()))
-            .collect();
+        self.previous = snapshot.processes.into_iter().map(|p| (p.pid, p)).collect();
         rates
     }
 }
@@ -186,10 +184,7 @@ mod tests {
     #[test]
     fn first_snapshot_counts_from_zero() {
         let mut t = RateTracker::default();
-        let r = t.update(
-            &snapshot(vec![process(7, 1, 4, &[(200, 3), (404, 1)])]),
-            2.0,
-        );
+        let r = t.update(snapshot(vec![process(7, 1, 4, &[(200, 3), (404, 1)])]), 2.0);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].requests_per_second, 2.0);
         assert_eq!(
@@ -202,12 +197,9 @@ mod tests {
     #[test]
     fn deltas_between_snapshots_and_zero_codes_left_out() {
         let mut t = RateTracker::default();
-        t.update(
-            &snapshot(vec![process(7, 1, 4, &[(200, 3), (404, 1)])]),
-            1.0,
-        );
+        t.update(snapshot(vec![process(7, 1, 4, &[(200, 3), (404, 1)])]), 1.0);
         let r = t.update(
-            &snapshot(vec![process(7, 1, 10, &[(200, 9), (404, 1)])]),
+            snapshot(vec![process(7, 1, 10, &[(200, 9), (404, 1)])]),
             1.0,
         );
         assert_eq!(r[0].requests_per_second, 6.0);
@@ -217,8 +209,8 @@ mod tests {
     #[test]
     fn reused_pid_starts_from_zero() {
         let mut t = RateTracker::default();
-        t.update(&snapshot(vec![process(7, 1, 1000, &[(200, 1000)])]), 1.0);
-        let r = t.update(&snapshot(vec![process(7, 2, 3, &[(200, 3)])]), 1.0);
+        t.update(snapshot(vec![process(7, 1, 1000, &[(200, 1000)])]), 1.0);
+        let r = t.update(snapshot(vec![process(7, 2, 3, &[(200, 3)])]), 1.0);
         assert_eq!(r[0].requests_per_second, 3.0);
         assert_eq!(r[0].responses_per_second, BTreeMap::from([(200, 3.0)]));
     }
@@ -226,8 +218,8 @@ mod tests {
     #[test]
     fn counters_going_backwards_give_zero_not_negative() {
         let mut t = RateTracker::default();
-        t.update(&snapshot(vec![process(7, 1, 10, &[(200, 10)])]), 1.0);
-        let r = t.update(&snapshot(vec![process(7, 1, 4, &[(200, 2)])]), 1.0);
+        t.update(snapshot(vec![process(7, 1, 10, &[(200, 10)])]), 1.0);
+        let r = t.update(snapshot(vec![process(7, 1, 4, &[(200, 2)])]), 1.0);
         assert_eq!(r[0].requests_per_second, 0.0);
         assert!(r[0].responses_per_second.is_empty());
     }
@@ -237,14 +229,14 @@ mod tests {
         let mut t = RateTracker::default();
         let mut p = process(7, 1, 1, &[(200, 1)]);
         p.latency.fine[crate::latency::fine_bucket(100_000_000)] = 1; // 100 ms, earlier
-        t.update(&snapshot(vec![p.clone()]), 1.0);
+        t.update(snapshot(vec![p.clone()]), 1.0);
         p.latency.fine[crate::latency::fine_bucket(20_000_000)] += 3; // 3 x 20 ms, now
-        let r = t.update(&snapshot(vec![p.clone()]), 1.0);
+        let r = t.update(snapshot(vec![p.clone()]), 1.0);
         let p50 = r[0].latency_p50_ms.unwrap();
         assert!((p50 - 20.0).abs() < 0.7, "{p50}");
         assert!((r[0].latency_p99_ms.unwrap() - 20.0).abs() < 0.7);
         // No new latencies: no quantiles.
-        let r = t.update(&snapshot(vec![p]), 1.0);
+        let r = t.update(snapshot(vec![p]), 1.0);
         assert_eq!((r[0].latency_p50_ms, r[0].latency_p99_ms), (None, None));
     }
 
@@ -253,17 +245,17 @@ mod tests {
         let mut t = RateTracker::default();
         let mut p = process(7, 1, 2, &[]);
         p.untracked_responses = 2;
-        let r = t.update(&snapshot(vec![p]), 1.0);
+        let r = t.update(snapshot(vec![p]), 1.0);
         assert_eq!(r[0].responses_per_second, BTreeMap::from([(0, 2.0)]));
     }
 
     #[test]
     fn exited_processes_are_forgotten() {
         let mut t = RateTracker::default();
-        t.update(&snapshot(vec![process(7, 1, 10, &[])]), 1.0);
-        assert!(t.update(&snapshot(vec![]), 1.0).is_empty());
+        t.update(snapshot(vec![process(7, 1, 10, &[])]), 1.0);
+        assert!(t.update(snapshot(vec![]), 1.0).is_empty());
         // Back under the same identity after a gap: treated as new, from zero.
-        let r = t.update(&snapshot(vec![process(7, 1, 12, &[])]), 1.0);
+        let r = t.update(snapshot(vec![process(7, 1, 12, &[])]), 1.0);
         assert_eq!(r[0].requests_per_second, 12.0);
     }
 }
