@@ -211,9 +211,11 @@ struct {
 	__type(value, __u64);
 } probe_drops SEC(".maps");
 
-/* Per-CPU working memory for parsing (too big for the 512-byte BPF stack).
- * Writer and reader: parse_buffer()/scan_headers() on the same CPU within one
- * program run. */
+/* Per-CPU working memory (too big for the 512-byte BPF stack), and the
+ * transfer being counted, since BPF functions take at most five arguments.
+ * Writer: count_transfer() (the transfer), then the parsing and counting
+ * functions it calls; reader: the same, on the same CPU, within one program
+ * run (tracepoint programs do not nest on a CPU). */
 struct scan_scratch {
 	char data[SCAN_WINDOW + SCAN_SLACK];
 	__s64 content_length; /* -1 when the headers have none */
