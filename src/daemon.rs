@@ -12,7 +12,7 @@ use crate::cli::Config;
 use crate::metrics::DaemonFacts;
 use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
-use crate::server::{plugin_id, prepare_path, Rendered, RenderedSlot, SocketServer};
+use crate::server::{check_path, plugin_id, Rendered, RenderedSlot, SocketServer};
 use crate::{metrics, report};
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,8 +111,9 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot install a handler for signal {signal}: {e}"))?;
     }
 
-    // Refuse an unusable socket path before the seconds the verifier takes.
-    prepare_path(&config.socket)?;
+    // Refuse an unusable socket path before the seconds the verifier takes,
+    // and change nothing on disk until the probe is in.
+    check_path(&config.socket)?;
     let probe = Probe::load(config.max_processes, config.hooks)?;
     info!(
         "probe attached on the {} path ({}), up to {} processes",

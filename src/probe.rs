@@ -274,13 +274,15 @@ fn ensure_tracefs() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether tracefs lists the tracepoint (its `id` is what attaching reads).
 fn tracepoint_exists(category: &str, name: &str) -> bool {
     TRACEFS_MOUNTS.iter().any(|m| {
         Path::new(m)
             .join("events")
             .join(category)
             .join(name)
-            .is_dir()
+            .join("id")
+            .is_file()
     })
 }
 

@@ -79,30 +79,32 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Makes the socket's directory (0700, ancestors 0755) and clears a stale
-/// socket left by a crashed run. Refuses, rather than follows or chmods, a
-/// directory that is a symlink, not a directory, or someone else's; refuses
-/// a live daemon's socket and anything that is not a socket.
-pub fn prepare_path(path: &Path) -> Result<(), String> {
+/// What stands at the socket path now, once found usable.
+struct PathState {
+    /// The socket's directory is missing and must be created.
+    create_dir: bool,
+    /// The directory is ours but with this looser mode.
+    loose_mode: Option<u32>,
+    /// A socket left by a crashed run is there.
+    stale_socket: bool,
+}
+
+/// Looks at the socket path without changing anything. Refuses, rather than
+/// follows or chmods, a directory that is a symlink, not a directory, or
+/// someone else's; refuses a live daemon's socket and anything that is not a
+/// socket.
+fn inspect_path(path: &Path) -> Result<PathState, String> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let mut state = PathState {
+        create_dir: false,
+        loose_mode: None,
+        stale_socket: false,
+    };
     match fs::symlink_metadata(parent) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(grandparent) = parent.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(grandparent)
-                    .map_err(|e| format!("cannot create {}: {e}", grandparent.display()))?;
-            }
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| format!("cannot create socket directory {}: {e}", parent.display()))?;
-            info!("created socket directory {} (mode 0700)", parent.display());
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => state.create_dir = true,
         Err(e) => return Err(format!("cannot inspect socket directory {}: {e}", parent.display())),
         Ok(meta) if meta.file_type().is_symlink() => {
             return Err(format!(
@@ -121,40 +123,79 @@ pub fn prepare_path(path: &Path) -> Result<(), String> {
                 euid()
             ))
         }
-        Ok(meta) if meta.mode() & 0o777 != 0o700 => {
-            fs::set_permissions(parent, fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot set mode 0700 on {}: {e}", parent.display()))?;
-            info!(
-                "socket directory {} had mode {:o}: set it to 0700",
-                parent.display(),
-                meta.mode() & 0o777
-            );
-        }
-        Ok(_) => {}
+        Ok(meta) => state.loose_mode = Some(meta.mode() & 0o777).filter(|&m| m != 0o700),
+    }
+    if state.create_dir {
+        return Ok(state);
     }
     match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!(
-            "cannot inspect socket path {}: {e}",
-            path.display()
-        )),
-        Ok(meta) if !meta.file_type().is_socket() => Err(format!(
-            "socket path {} exists and is not a socket; refusing to replace it",
-            path.display()
-        )),
-        Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => Err(format!(
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot inspect socket path {}: {e}",
+                path.display()
+            ))
+        }
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(format!(
+                "socket path {} exists and is not a socket; refusing to replace it",
+                path.display()
+            ))
+        }
+        Ok(_) if UnixStream::connect(path).is_ok() => {
+            return Err(format!(
                 "another process is already serving on {}; refusing to take it over",
                 path.display()
-            )),
-            Err(_) => {
-                fs::remove_file(path)
-                    .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
-                info!("replaced stale socket {}", path.display());
-                Ok(())
-            }
-        },
+            ))
+        }
+        Ok(_) => state.stale_socket = true,
     }
+    Ok(state)
+}
+
+/// Checks that the daemon could serve on `path`, changing nothing: done
+/// before the probe loads, so that a bad path fails fast and leaves the
+/// filesystem as it was.
+pub fn check_path(path: &Path) -> Result<(), String> {
+    inspect_path(path).map(|_| ())
+}
+
+/// Makes the socket's directory (0700, ancestors 0755), tightens its mode,
+/// and clears a stale socket left by a crashed run.
+fn prepare_path(path: &Path) -> Result<(), String> {
+    let state = inspect_path(path)?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if state.create_dir {
+        if let Some(grandparent) = parent.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(grandparent)
+                .map_err(|e| format!("cannot create {}: {e}", grandparent.display()))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| format!("cannot create socket directory {}: {e}", parent.display()))?;
+        info!("created socket directory {} (mode 0700)", parent.display());
+    }
+    if let Some(mode) = state.loose_mode {
+        fs::set_permissions(parent, fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot set mode 0700 on {}: {e}", parent.display()))?;
+        info!(
+            "socket directory {} had mode {mode:o}: set it to 0700",
+            parent.display()
+        );
+    }
+    if state.stale_socket {
+        fs::remove_file(path)
+            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        info!("replaced stale socket {}", path.display());
+    }
+    Ok(())
 }
 
 impl SocketServer {
