@@ -17,7 +17,7 @@ MUSL      := x86_64-unknown-linux-musl
 DIST      := dist/$(BIN)
 IMAGE     ?= scope-http-statistics:latest
 
-.PHONY: all build run deps test-deps test lint unit integration smoke static image package-check clean
+.PHONY: all build run deps test-deps test lint unit integration smoke static image package-check bench soak clean
 
 all: build
 
@@ -96,6 +96,13 @@ smoke: build test-deps
 test: test-deps lint unit integration
 	$(MAKE) smoke
 	$(MAKE) package-check
+
+# Not part of the test suite: timings and long runs (see BENCHMARKS.md).
+bench:
+	scripts/bench.sh $(BENCH_ARGS)
+
+soak: build
+	scripts/soak.sh $(SOAK_ARGS)
 
 clean:
 	cargo clean
