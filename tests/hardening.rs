@@ -20,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::thread;
@@ -385,91 +385,15 @@ fn the_socket_directory_is_0700_and_the_socket_0600_both_roots() {
     );
 }
 
-/// How a daemon that was expected to fail at start-up ended.
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the daemon on `socket` to its exit; kills it and panics if it is
-/// still running after 30 s (loading the probe takes a few seconds).
+/// Runs the daemon on `socket` to its exit (it should refuse the path).
 fn run_daemon_to_exit(socket: &Path) -> Outcome {
-    let out = TempDir::new("out");
-    let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(DAEMON)
-        .arg("--socket")
-        .arg(socket)
-        .args(["--hostname", "testhost"])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&stdout).unwrap())
-        .stderr(fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {DAEMON}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the daemon on {} was still running after 30 s (it should have refused the path); stderr:\n{}",
-                socket.display(),
-                fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    Outcome {
-        status,
-        stdout: fs::read_to_string(&stdout).unwrap(),
-        stderr: fs::read_to_string(&stderr).unwrap(),
-    }
-}
-
-/// Whether `line` is one of the logger's lines (they start with a UTC
-/// timestamp such as `2026-01-31T12:34:56.789Z`).
-fn is_log_line(line: &str) -> bool {
-    let stamp = line.split(' ').next().unwrap_or_default().as_bytes();
-    stamp.len() >= 20
-        && stamp[..4].iter().all(u8::is_ascii_digit)
-        && stamp[4] == b'-'
-        && stamp[10] == b'T'
-        && stamp.ends_with(b"Z")
+    run_to_exit(daemon_at(socket))
 }
 
 /// Exit status 1, nothing on stdout, and exactly one line on stderr besides
 /// the log lines: `scope-http-statistics: ...` holding every needle.
 fn assert_refused(what: &str, outcome: &Outcome, needles: &[&str]) {
-    assert_eq!(
-        outcome.status.code(),
-        Some(1),
-        "{what}: exit status ({}); stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
-    assert_eq!(outcome.stdout, "", "{what}: stdout");
-    let plain: Vec<&str> = outcome.stderr.lines().filter(|l| !is_log_line(l)).collect();
-    assert_eq!(
-        plain.len(),
-        1,
-        "{what}: expected one error line on stderr, got:\n{}",
-        outcome.stderr
-    );
-    assert!(
-        plain[0].starts_with("scope-http-statistics: "),
-        "{what}: the error line {:?} does not name the program",
-        plain[0]
-    );
-    for needle in needles {
-        assert!(
-            plain[0].contains(needle),
-            "{what}: the error line {:?} does not mention {needle:?}",
-            plain[0]
-        );
-    }
+    assert_fails(what, outcome, 1, needles);
 }
 
 /// Names in a directory (it must stay empty).

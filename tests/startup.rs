@@ -9,119 +9,12 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 
-/// Loading the probe takes a few seconds; a daemon still running after this
-/// long has started when it should have failed.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The uid and gid of `nobody`.
 const NOBODY: u32 = 65534;
-
-/// How a daemon that was expected to fail ended.
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `command` to its exit (stdout and stderr to files in a tmp dir);
-/// kills it and panics if it is still running after [`EXIT_TIMEOUT`].
-fn run_to_exit(mut command: Command) -> Outcome {
-    let dir = TempDir::new("out");
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{command:?} was still running after {EXIT_TIMEOUT:?} (it should have failed); \
-                 stderr:\n{}",
-                fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    Outcome {
-        status,
-        stdout: fs::read_to_string(&out).unwrap(),
-        stderr: fs::read_to_string(&err).unwrap(),
-    }
-}
-
-/// The daemon serving on `socket` (as root).
-fn daemon_at(socket: &Path) -> Command {
-    let mut command = Command::new(DAEMON);
-    command
-        .arg("--socket")
-        .arg(socket)
-        .args(["--hostname", "testhost"]);
-    command
-}
-
-/// Whether `line` is one of the logger's lines, which start with a UTC
-/// timestamp such as `2026-01-31T12:34:56.789Z`.
-fn is_log_line(line: &str) -> bool {
-    let stamp = line.split(' ').next().unwrap_or_default().as_bytes();
-    stamp.len() >= 20
-        && stamp[..4].iter().all(u8::is_ascii_digit)
-        && stamp[4] == b'-'
-        && stamp[7] == b'-'
-        && stamp[10] == b'T'
-        && stamp.ends_with(b"Z")
-}
-
-/// The daemon exited with `code`, printed nothing on stdout, and printed
-/// exactly one line on stderr besides its log lines:
-/// `scope-http-statistics: <message>`, with every one of `needles` in it.
-/// Returns that line.
-fn assert_fails(what: &str, outcome: &Outcome, code: i32, needles: &[&str]) -> String {
-    assert_eq!(
-        outcome.status.code(),
-        Some(code),
-        "{what}: exit status ({}); stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
-    assert_eq!(outcome.stdout, "", "{what}: stdout");
-    let plain: Vec<&str> = outcome
-        .stderr
-        .lines()
-        .filter(|line| !is_log_line(line))
-        .collect();
-    assert_eq!(
-        plain.len(),
-        1,
-        "{what}: expected one plain error line on stderr, got:\n{}",
-        outcome.stderr
-    );
-    let line = plain[0];
-    assert!(
-        line.starts_with("scope-http-statistics: "),
-        "{what}: the error line {line:?} does not name the program"
-    );
-    for needle in needles {
-        assert!(
-            line.contains(needle),
-            "{what}: the error line {line:?} does not mention {needle:?}"
-        );
-    }
-    line.to_string()
-}
 
 /// Nothing at all exists at `path` (not even a dangling socket).
 fn assert_no_socket(what: &str, path: &Path) {
