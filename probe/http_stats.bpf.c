@@ -239,6 +239,14 @@ struct {
 
 /* ---- helpers ---- */
 
+/* This CPU's scratch; every function of the core finds the transfer there. */
+static __always_inline struct scan_scratch *cpu_scratch(void)
+{
+	__u32 key = 0;
+
+	return bpf_map_lookup_elem(&scratch, &key);
+}
+
 static __always_inline void count_drop(__u32 reason)
 {
 	__u64 *v = bpf_map_lookup_elem(&probe_drops, &reason);
@@ -352,8 +360,7 @@ static __always_inline __u32 first_newline(__u64 w)
  */
 __noinline int header_line(__u32 i, __u32 n)
 {
-	__u32 key = 0;
-	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct scan_scratch *s = cpu_scratch();
 
 	if (!s || i >= n || n > SCAN_WINDOW)
 		return 0;
@@ -385,8 +392,7 @@ __noinline int header_line(__u32 i, __u32 n)
  */
 __noinline int scan_lines(__u32 i, __u32 n)
 {
-	__u32 key = 0;
-	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct scan_scratch *s = cpu_scratch();
 
 	if (!s)
 		return 0;
@@ -500,8 +506,7 @@ static __always_inline __u32 fine_bucket(__u64 ns)
  * verifier checks it once, not at every message of parse_buffer(). */
 __noinline int record_latency(__u64 ns)
 {
-	__u32 key = 0;
-	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct scan_scratch *s = cpu_scratch();
 	struct latency_stats *l;
 
 	if (!s)
@@ -538,8 +543,7 @@ __noinline int record_latency(__u64 ns)
 /* A request was read on the scratch's connection: queue its read time. */
 __noinline int request_read(void)
 {
-	__u32 key = 0;
-	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct scan_scratch *s = cpu_scratch();
 	struct awaiting *a;
 
 	if (!s)
@@ -575,8 +579,7 @@ __noinline int request_read(void)
  * oldest request awaiting one, and forget the connection once none waits. */
 __noinline int response_written(void)
 {
-	__u32 key = 0;
-	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct scan_scratch *s = cpu_scratch();
 	struct awaiting *a;
 
 	if (!s)
@@ -604,7 +607,6 @@ __noinline int response_written(void)
  */
 __noinline int parse_buffer(__u64 buf, __u32 len, __u32 skip)
 {
-	__u32 key = 0;
 	struct scan_scratch *s;
 	struct process_counts *pc;
 
@@ -615,7 +617,7 @@ __noinline int parse_buffer(__u64 buf, __u32 len, __u32 skip)
 
 	if (n < MIN_MESSAGE)
 		return PARSE_STOP;
-	s = bpf_map_lookup_elem(&scratch, &key);
+	s = cpu_scratch();
 	if (!s)
 		return PARSE_STOP;
 	/* Look at 16 bytes first: most socket traffic is not an HTTP start and
@@ -781,8 +783,7 @@ static __always_inline void handle_iovecs(__u64 iov, __u32 iovcnt, __u64 total)
 static __always_inline int count_transfer(__u32 tgid, __u64 sk, __u32 dir, __u64 io_ns, __u64 buf,
 					  __u32 iovcnt, long len)
 {
-	__u32 key = 0;
-	struct scan_scratch *s = bpf_map_lookup_elem(&scratch, &key);
+	struct scan_scratch *s = cpu_scratch();
 
 	if (!s)
 		return 0;
