@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn, LevelFilter};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -88,9 +88,13 @@ fn render(
     elapsed: f64,
     facts: &DaemonFacts,
 ) -> Rendered {
-    let metrics = Arc::from(metrics::render(&snapshot, facts).into_bytes());
+    let now = SystemTime::now();
+    let taken_at = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let metrics = Arc::from(metrics::render(&snapshot, taken_at, facts).into_bytes());
     let rates = tracker.update(snapshot, elapsed);
-    let date = report::rfc3339(SystemTime::now());
+    let date = report::rfc3339(now);
     Rendered {
         report: Arc::from(report::render(plugin_id, hostname, &rates, &date).into_bytes()),
         metrics,

@@ -36,8 +36,9 @@ pub struct DaemonFacts {
     pub hook_reason: String,
 }
 
-/// Renders every counter in `snapshot`, and the daemon's facts.
-pub fn render(snapshot: &CounterSnapshot, facts: &DaemonFacts) -> String {
+/// Renders every counter in `snapshot`, taken at `taken_at` (Unix seconds),
+/// and the daemon's facts.
+pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) -> String {
     let mut out = String::new();
     header(
         &mut out,
@@ -158,6 +159,17 @@ pub fn render(snapshot: &CounterSnapshot, facts: &DaemonFacts) -> String {
     );
     header(
         &mut out,
+        "scope_http_statistics_snapshot_timestamp_seconds",
+        "gauge",
+        "When the daemon read the kernel's counters on this page (Unix time): rates over the exact \
+         interval between two pages, and a stalled daemon shows as an old value.",
+    );
+    let _ = writeln!(
+        out,
+        "scope_http_statistics_snapshot_timestamp_seconds {taken_at:.3}"
+    );
+    header(
+        &mut out,
         "scope_http_statistics_hooks_info",
         "gauge",
         "Where the probe hooks in (socket layer or syscall tracepoints) and why; always 1.",
@@ -207,7 +219,7 @@ mod tests {
             },
             awaiting_connections: 4,
         };
-        let out = render(&snapshot, &facts(100));
+        let out = render(&snapshot, 1_700_000_000.25, &facts(100));
         let expected = [
             "# TYPE http_server_requests_total counter",
             "http_server_requests_total{pid=\"42\",comm=\"we\\\"ird\\\\n\"} 7",
@@ -228,6 +240,7 @@ mod tests {
             "http_server_request_duration_seconds_count{pid=\"42\",comm=\"we\\\"ird\\\\n\"} 4",
             "scope_http_statistics_inflight_requests 4",
             "scope_http_statistics_tracked_processes_limit 100",
+            "scope_http_statistics_snapshot_timestamp_seconds 1700000000.250",
         ];
         for line in expected {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
@@ -249,7 +262,7 @@ mod tests {
 
     #[test]
     fn empty_snapshot_still_declares_families() {
-        let out = render(&CounterSnapshot::default(), &facts(16384));
+        let out = render(&CounterSnapshot::default(), 0.0, &facts(16384));
         assert!(out.contains("# TYPE http_server_requests_total counter"));
         assert!(out.contains("scope_http_statistics_tracked_processes 0"));
     }
