@@ -14,6 +14,7 @@ scope-http-statistics: per-process HTTP request and response-code rates, measure
 in the kernel with eBPF, served as a Weave Scope plugin on a Unix socket.
 
 Usage: scope-http-statistics [OPTIONS]
+       scope-http-statistics top [--socket PATH] [--once]
 
 Options:
   --socket PATH          Unix socket to serve GET /report and GET /metrics on
@@ -31,6 +32,9 @@ Options:
   --healthcheck          Ask the daemon on --socket for its report and exit 0 when it
                          answers 200 within 500 ms, else 1 (for container probes)
   -V, --version          Print the version and exit
+
+top: a live table of the busiest processes from the daemon on --socket (keys: r, e, p
+sort by requests/s, error %, p99; q quits); --once prints one table and exits.
 
 Needs root (or CAP_BPF and CAP_PERFMON). SIGINT/SIGTERM remove the socket and exit 0.
 ";
@@ -58,6 +62,8 @@ pub enum Command {
     Run(Config),
     /// Check that the daemon serving on the socket answers.
     HealthCheck(PathBuf),
+    /// Show the daemon's busiest processes (`top`).
+    Top(crate::top::TopOptions),
     Help,
     Version,
 }
@@ -77,7 +83,9 @@ where
         log_level: LevelFilter::Info,
     };
     let mut health_check = false;
-    let mut args = args.into_iter().map(Into::into);
+    let mut args = args.into_iter().map(Into::into).peekable();
+    let top = args.next_if(|a| a == "top").is_some();
+    let mut once = false;
     while let Some(arg) = args.next() {
         let (name, inline_value) = match arg.split_once('=') {
             Some((name, value)) if name.starts_with("--") => {
@@ -94,7 +102,11 @@ where
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "--healthcheck" => health_check = true,
+            "--healthcheck" if !top => health_check = true,
+            "--once" if top => once = true,
+            "--hostname" | "--max-processes" | "--hooks" | "--log-level" if top => {
+                return Err(format!("top takes --socket and --once, not {name}"))
+            }
             "--socket" => config.socket = PathBuf::from(value("--socket")?),
             "--hostname" => config.hostname = Some(value("--hostname")?),
             "--max-processes" => {
@@ -138,6 +150,10 @@ where
             }
             _ => return Err(format!("unknown argument {arg:?} (see --help)")),
         }
+    }
+    if top {
+        let socket = config.socket;
+        return Ok(Command::Top(crate::top::TopOptions { socket, once }));
     }
     if health_check {
         return Ok(Command::HealthCheck(config.socket));
@@ -207,6 +223,31 @@ mod tests {
             parse(["--healthcheck"]),
             Ok(Command::HealthCheck(PathBuf::from(DEFAULT_SOCKET)))
         );
+    }
+
+    #[test]
+    fn top_takes_the_socket_and_once() {
+        use crate::top::TopOptions;
+        let top = |socket: &str, once| {
+            Ok(Command::Top(TopOptions {
+                socket: PathBuf::from(socket),
+                once,
+            }))
+        };
+        assert_eq!(parse(["top"]), top(DEFAULT_SOCKET, false));
+        assert_eq!(
+            parse(["top", "--once", "--socket=/tmp/s.sock"]),
+            top("/tmp/s.sock", true)
+        );
+        assert!(parse(["top", "--hooks", "socket"])
+            .unwrap_err()
+            .contains("top takes --socket and --once"));
+        assert!(parse(["top", "--healthcheck"])
+            .unwrap_err()
+            .contains("unknown argument"));
+        // Only as the first argument, and --once only with it.
+        assert!(parse(["--socket", "/tmp/s", "top"]).is_err());
+        assert!(parse(["--once"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod probe;
 mod rates;
 mod report;
 mod server;
+mod top;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("scope-http-statistics: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Ok(cli::Command::Top(options)) => {
+            return match top::run(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("scope-http-statistics: {e}");
                     ExitCode::FAILURE
                 }
             };
