@@ -14,12 +14,18 @@
  *             the kernel whether the fd is a TCP socket and remembers the
  *             buffer, the exit side hands it on.
  *   parsing parse_buffer()/scan_headers(): find every message start in a
- *           buffer (pipelining), skipping bodies by Content-Length.
+ *           buffer (pipelining), skipping bodies by Content-Length; the
+ *           byte-level checks are in http_parse.h.
  *   counting process_counts, keyed by tgid, removed when the process exits;
  *           latency pairs each response with the oldest request awaiting one
- *           on its socket (awaiting_response) into latency_by_process.
+ *           on its socket (awaiting_response) into latency_by_process
+ *           (bucket arithmetic in latency.h).
  * Nothing is sent to userspace per request: the daemon reads the maps once a
  * second.
+ *
+ * This file holds the maps and the programs. Headers: http_stats.h, what the
+ * daemon shares (map values, bounds, drop reasons); kernel.h, the kernel and
+ * x86-64 user ABI declarations; http_parse.h and latency.h, pure helpers.
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -27,116 +33,11 @@
 #include <bpf/bpf_core_read.h>
 
 #include "http_stats.h"
+#include "kernel.h"
+#include "http_parse.h"
+#include "latency.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/* ---- the few kernel fields we read, relocated by CO-RE at load time ---- */
-
-struct fdtable {
-	unsigned int max_fds;
-	struct file **fd;
-} __attribute__((preserve_access_index));
-
-struct files_struct {
-	struct fdtable *fdt;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	unsigned int flags;
-	struct files_struct *files;
-} __attribute__((preserve_access_index));
-
-/* x86_64 user registers at syscall entry (socket-layer path). */
-struct pt_regs {
-	unsigned long dx;
-	unsigned long si;
-	unsigned long orig_ax;
-} __attribute__((preserve_access_index));
-
-struct inode {
-	unsigned short i_mode;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct inode *f_inode;
-	void *private_data;
-} __attribute__((preserve_access_index));
-
-struct sock_common {
-	unsigned short skc_family;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_common __sk_common;
-} __attribute__((preserve_access_index));
-
-struct socket {
-	short type;
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
-/* Syscall tracepoint records: a stable ABI (see the format files under events/syscalls/). */
-struct syscall_enter_args {
-	__u64 common;
-	long id;
-	unsigned long args[6];
-};
-
-struct syscall_exit_args {
-	__u64 common;
-	long id;
-	long ret;
-};
-
-/* User ABI structs (x86_64 / any LP64). */
-struct user_iovec {
-	__u64 base;
-	__u64 len;
-};
-
-struct user_msghdr {
-	__u64 msg_name;
-	__u32 msg_namelen;
-	__u32 pad;
-	__u64 msg_iov;
-	__u64 msg_iovlen;
-};
-
-#define S_IFMT 0170000
-#define S_IFSOCK 0140000
-#define SOCK_STREAM 1
-#define AF_INET 2
-#define AF_INET6 10
-#define MSG_PEEK 2
-#define IPPROTO_TCP 6
-#define IPPROTO_MPTCP 262
-#define PF_KTHREAD 0x00200000
-
-/* x86_64 syscall numbers of the socket I/O the socket-layer path understands. */
-#define NR_read 0
-#define NR_write 1
-#define NR_readv 19
-#define NR_writev 20
-#define NR_sendto 44
-#define NR_recvfrom 45
-#define NR_sendmsg 46
-#define NR_recvmsg 47
-#define E2BIG 7
-
-/* Direction of a socket transfer, from the traced process's side. */
-#define DIR_READ 0  /* bytes received: requests are counted */
-#define DIR_WRITE 1 /* bytes sent: responses are counted */
-
-/* Parsing bounds (the verifier needs every loop bounded). */
-#define SCAN_WINDOW 4096 /* bytes of a buffer copied and scanned, from the first message start */
-#define SCAN_SLACK 32    /* lets header-name checks read past a line start without bounds math */
-#define MAX_MESSAGES 16  /* message starts counted per buffer (pipelining) */
-#define MAX_SEGMENTS 8   /* iovecs walked per readv/writev/recvmsg/sendmsg */
-#define SCAN_CHUNK_STEPS 64 /* 8-byte steps or header lines per scan_lines() call */
-#define SCAN_CHUNKS 12   /* scan_lines() calls per header block */
-#define MIN_MESSAGE 16   /* shortest complete message: "HTTP/1.0 200\r\n\r\n" */
-#define MAX_BODY 0x7fffffff
-#define PARSE_STOP (-1)
 
 /* ---- maps ---- */
 
@@ -187,14 +88,6 @@ struct {
  * closes; sched_process_exit deletes the dying process's entries. Reader: the
  * daemon counts the entries. Bound: max_entries; a request that finds it full
  * gets no latency and DROP_AWAITING_FULL counts it. */
-#define MAX_AWAITING 16 /* pipelined requests remembered per connection */
-struct awaiting {
-	__u32 tgid;        /* the process that read the requests */
-	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
-	__u32 pad;
-	__u64 read_ns[MAX_AWAITING];
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -255,101 +148,7 @@ static __always_inline void count_drop(__u32 reason)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
-#define W4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
-#define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
-#define LOW_BYTES(n) ((n) == 8 ? ~0ULL : (1ULL << ((n) * 8)) - 1)
-
-/* Returns 1 when p starts an HTTP/1.x request line (method token and a space). */
-static __always_inline int is_request_start(const char *p)
-{
-	__u64 w = *(const __u64 *)p;
-	__u64 w4 = w & LOW_BYTES(4), w5 = w & LOW_BYTES(5);
-	__u64 w6 = w & LOW_BYTES(6), w7 = w & LOW_BYTES(7);
-
-	return w4 == W4('G', 'E', 'T', ' ') || w4 == W4('P', 'U', 'T', ' ') ||
-	       w5 == W8('P', 'O', 'S', 'T', ' ', 0, 0, 0) ||
-	       w5 == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0) ||
-	       w6 == W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0) ||
-	       w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0) ||
-	       w7 == W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0) ||
-	       w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ') ||
-	       w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ');
-}
-
-static __always_inline int is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-/* Returns the status code when p starts "HTTP/1.0 NNN" or "HTTP/1.1 NNN"
- * followed by a space or CR, else 0. */
-static __always_inline __u32 response_status(const char *p)
-{
-	__u64 w = *(const __u64 *)p;
-
-	if (w != W8('H', 'T', 'T', 'P', '/', '1', '.', '1') &&
-	    w != W8('H', 'T', 'T', 'P', '/', '1', '.', '0'))
-		return 0;
-	if (p[8] != ' ' || p[9] < '1' || p[9] > '5' || !is_digit(p[10]) || !is_digit(p[11]) ||
-	    (p[12] != ' ' && p[12] != '\r'))
-		return 0;
-	return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-}
-
-/* Returns 1 for a request (DIR_READ), the status code for a response
- * (DIR_WRITE), 0 when p starts neither. */
-static __always_inline __u32 message_start(const char *p, __u32 dir)
-{
-	return dir == DIR_READ ? is_request_start(p) : response_status(p);
-}
-
-/* Case-insensitive compare of a header name of up to 16 bytes; OR-ing 0x20
- * lowercases letters and leaves '-' and ':' as they are. */
-static __always_inline int header_is(const char *line, __u64 lo, __u64 hi, __u64 hi_mask)
-{
-	__u64 a = *(const __u64 *)line | 0x2020202020202020ULL;
-	__u64 b = (*(const __u64 *)(line + 8) | 0x2020202020202020ULL) & hi_mask;
-
-	return a == lo && b == hi;
-}
-
-/* Value of a "Content-Length:" line (up to 3 spaces, then up to 10 digits),
- * or -1 when it has no digits. */
-static __always_inline __s64 parse_length(const char *line, __u32 rest)
-{
-	__u64 v = 0;
-	__u32 digits = 0;
-
-	for (__u32 j = 15; j < 15 + 13 && j < rest; j++) {
-		char c = line[j];
-
-		if (c == ' ' || c == '\t') {
-			if (digits)
-				break;
-			continue;
-		}
-		if (!is_digit(c))
-			break;
-		v = v * 10 + (c - '0');
-		digits++;
-	}
-	if (!digits)
-		return -1;
-	return v > MAX_BODY ? MAX_BODY : v;
-}
-
-/* Index of the first '\n' byte in w (little-endian), or 8 when there is none. */
-static __always_inline __u32 first_newline(__u64 w)
-{
-	__u64 x = w ^ 0x0a0a0a0a0a0a0a0aULL;
-	/* High bit of each byte that was '\n' (exact for the lowest such byte). */
-	__u64 m = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
-
-	if (!m)
-		return 8;
-	/* Lowest set bit is 256^k << 7; multiplying by 0x0001..07 puts k in the top byte. */
-	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
-}
+/* ---- parsing: the header scan over this CPU's scratch ---- */
 
 /*
  * Looks at the header line starting at offset i of the scratch window (n bytes
@@ -435,6 +234,8 @@ static __always_inline __u32 scan_headers(struct scan_scratch *s, __u32 pos, __u
 	return 0;
 }
 
+/* ---- counting ---- */
+
 static __always_inline struct process_counts *process_entry(struct scan_scratch *s, __u32 tgid)
 {
 	struct process_counts *pc = bpf_map_lookup_elem(&process_counts, &tgid);
@@ -463,43 +264,6 @@ static __always_inline void count_response(struct process_counts *pc, __u32 code
 		}
 	}
 	__sync_fetch_and_add(&pc->untracked_responses, 1);
-}
-
-/* OpenTelemetry's default HTTP server duration boundaries (seconds: 0.005
- * 0.01 0.025 0.05 0.075 0.1 0.25 0.5 0.75 1 2.5 5 7.5 10), in ns. */
-static const __u64 latency_bounds_ns[LATENCY_BOUNDS] = {
-	5000000,   10000000,   25000000,   50000000,   75000000,
-	100000000, 250000000,  500000000,  750000000,  1000000000,
-	2500000000, 5000000000, 7500000000, 10000000000,
-};
-
-#define LOG2_SUB_BUCKETS 4 /* log2(LATENCY_SUB_BUCKETS) */
-
-static __always_inline __u32 log2_floor(__u64 v)
-{
-	__u32 r = 0;
-
-	if (v >> 32) { v >>= 32; r += 32; }
-	if (v >> 16) { v >>= 16; r += 16; }
-	if (v >> 8) { v >>= 8; r += 8; }
-	if (v >> 4) { v >>= 4; r += 4; }
-	if (v >> 2) { v >>= 2; r += 2; }
-	if (v >> 1) r += 1;
-	return r;
-}
-
-/* Index of the fine histogram bucket for ns (see http_stats.h). */
-static __always_inline __u32 fine_bucket(__u64 ns)
-{
-	__u64 u = ns >> LATENCY_UNIT_SHIFT;
-
-	if (u < LATENCY_SUB_BUCKETS)
-		return u;
-	__u32 p = log2_floor(u); /* >= LOG2_SUB_BUCKETS */
-	__u32 i = (p - LOG2_SUB_BUCKETS + 1) * LATENCY_SUB_BUCKETS +
-		  ((u >> (p - LOG2_SUB_BUCKETS)) & (LATENCY_SUB_BUCKETS - 1));
-
-	return i < LATENCY_FINE_BUCKETS ? i : LATENCY_FINE_BUCKETS - 1;
 }
 
 /* Adds one latency of the scratch's process to its histograms. Global: the
@@ -819,15 +583,6 @@ static __always_inline int complete_io(long ret)
 
 /* ---- socket-layer path ---- */
 
-struct sock_length_args {
-	__u64 common;
-	__u64 sk;
-	__u16 family;
-	__u16 protocol;
-	int ret;
-	int flags;
-};
-
 /* One TCP receive or send of the current task: find the user buffer in the
  * syscall's registers and hand the transfer on. */
 static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
@@ -976,15 +731,6 @@ int process_exit(void *ctx)
 	bpf_for_each_map_elem(&awaiting_response, forget_if_owner, &tgid, 0);
 	return 0;
 }
-
-struct inet_sock_set_state_args {
-	__u64 common;
-	__u64 skaddr;
-	int oldstate;
-	int newstate;
-};
-
-#define TCP_CLOSE 7
 
 /* A closed connection's unanswered requests will never be answered. */
 SEC("tracepoint/sock/inet_sock_set_state")

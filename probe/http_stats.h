@@ -7,6 +7,8 @@
 #ifndef HTTP_STATS_H
 #define HTTP_STATS_H
 
+#include <linux/types.h>
+
 /* Distinct status codes tracked per process; responses with a code that
  * finds no free slot are counted in process_counts.untracked_responses. */
 #define MAX_CODES_PER_PROCESS 32
@@ -41,6 +43,16 @@ struct latency_stats {
 	__u64 sum_ns;                          /* the count is the sum of le[] */
 	__u64 le[LATENCY_BOUNDS + 1];          /* le[i]: bound[i-1] < latency <= bound[i] */
 	__u32 fine[LATENCY_FINE_BUCKETS];
+};
+
+/* Requests read but not yet answered on one connection (awaiting_response),
+ * oldest first. */
+#define MAX_AWAITING 16 /* pipelined requests remembered per connection */
+struct awaiting {
+	__u32 tgid;        /* the process that read the requests */
+	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
+	__u32 pad;
+	__u64 read_ns[MAX_AWAITING];
 };
 
 /* Indexes of the probe_drops counters: things the probe saw but could not

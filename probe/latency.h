@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The latency histogram's arithmetic (layout in http_stats.h): the exact
+ * OpenTelemetry bounds and the fine log-linear bucket of a latency. Pure;
+ * src/latency.rs has the daemon's twin of fine_bucket().
+ */
+#ifndef LATENCY_H
+#define LATENCY_H
+
+#include <linux/types.h>
+
+#include "http_stats.h"
+
+/* OpenTelemetry's default HTTP server duration boundaries (seconds: 0.005
+ * 0.01 0.025 0.05 0.075 0.1 0.25 0.5 0.75 1 2.5 5 7.5 10), in ns. */
+static const __u64 latency_bounds_ns[LATENCY_BOUNDS] = {
+	5000000,   10000000,   25000000,   50000000,   75000000,
+	100000000, 250000000,  500000000,  750000000,  1000000000,
+	2500000000, 5000000000, 7500000000, 10000000000,
+};
+
+#define LOG2_SUB_BUCKETS 4 /* log2(LATENCY_SUB_BUCKETS) */
+
+static __always_inline __u32 log2_floor(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) r += 1;
+	return r;
+}
+
+/* Index of the fine histogram bucket for ns (see http_stats.h). */
+static __always_inline __u32 fine_bucket(__u64 ns)
+{
+	__u64 u = ns >> LATENCY_UNIT_SHIFT;
+
+	if (u < LATENCY_SUB_BUCKETS)
+		return u;
+	__u32 p = log2_floor(u); /* >= LOG2_SUB_BUCKETS */
+	__u32 i = (p - LOG2_SUB_BUCKETS + 1) * LATENCY_SUB_BUCKETS +
+		  ((u >> (p - LOG2_SUB_BUCKETS)) & (LATENCY_SUB_BUCKETS - 1));
+
+	return i < LATENCY_FINE_BUCKETS ? i : LATENCY_FINE_BUCKETS - 1;
+}
+
+#endif /* LATENCY_H */
