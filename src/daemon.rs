@@ -12,7 +12,8 @@ use crate::cli::Config;
 use crate::metrics::DaemonFacts;
 use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
-use crate::server::{check_path, plugin_id, Rendered, RenderedSlot, SocketServer};
+use crate::server::{Page, PageSlot, SocketServer, MAX_CONNECTIONS};
+use crate::socket_path::{self, plugin_id};
 use crate::{metrics, report};
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -80,6 +81,8 @@ impl DropEpisodes {
     }
 }
 
+/// The socket's pages, from one snapshot: `/report` for Scope, `/metrics`
+/// for Prometheus.
 fn render(
     plugin_id: &str,
     hostname: &str,
@@ -87,7 +90,7 @@ fn render(
     tracker: &mut RateTracker,
     elapsed: f64,
     facts: &DaemonFacts,
-) -> Rendered {
+) -> Vec<Page> {
     let now = SystemTime::now();
     let taken_at = now
         .duration_since(UNIX_EPOCH)
@@ -95,10 +98,18 @@ fn render(
     let metrics = Arc::from(metrics::render(&snapshot, taken_at, facts).into_bytes());
     let rates = tracker.update(snapshot, elapsed);
     let date = report::rfc3339(now);
-    Rendered {
-        report: Arc::from(report::render(plugin_id, hostname, &rates, &date).into_bytes()),
-        metrics,
-    }
+    vec![
+        Page {
+            path: "/report",
+            content_type: "application/json",
+            body: Arc::from(report::render(plugin_id, hostname, &rates, &date).into_bytes()),
+        },
+        Page {
+            path: "/metrics",
+            content_type: metrics::CONTENT_TYPE,
+            body: metrics,
+        },
+    ]
 }
 
 pub fn run(config: Config) -> Result<(), String> {
@@ -117,7 +128,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     // Refuse an unusable socket path before the seconds the verifier takes,
     // and change nothing on disk until the probe is in.
-    check_path(&config.socket)?;
+    socket_path::check(&config.socket)?;
     let probe = Probe::load(config.max_processes, config.hooks)?;
     info!(
         "probe attached on the {} path ({}), up to {} processes",
@@ -140,8 +151,8 @@ pub fn run(config: Config) -> Result<(), String> {
         0.0,
         &facts,
     );
-    let slot: RenderedSlot = Arc::new(Mutex::new(first));
-    let server = SocketServer::start(&config.socket, Arc::clone(&slot))?;
+    let slot: PageSlot = Arc::new(Mutex::new(first));
+    let server = SocketServer::start(&config.socket, Arc::clone(&slot), MAX_CONNECTIONS)?;
     info!("serving plugin {plugin_id:?} for host {hostname:?}");
 
     let mut episodes = DropEpisodes::default();

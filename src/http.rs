@@ -141,24 +141,30 @@ pub fn parse_request(buf: &[u8]) -> Parse {
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Report,
-    Metrics,
-    /// An error status with a short plain-text reason.
-    Refuse(u16, &'static str),
+    /// The page at this index of the paths routed over.
+    Page(usize),
+    /// An error status (see [`error_body`] and [`not_found_body`]).
+    Refuse(u16),
 }
 
-/// Routes a request: GET (or HEAD) of /report or /metrics, query ignored.
-pub fn route(method: &str, target: &str) -> Route {
+/// Routes a request over the paths a listener serves, query ignored: GET or
+/// HEAD of one of them is that page; any other path is 404 whatever the
+/// method, another method on a served path 405. There is no default page.
+pub fn route(method: &str, target: &str, paths: &[&str]) -> Route {
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    let page = match path {
-        "/report" => Route::Report,
-        "/metrics" => Route::Metrics,
-        _ => return Route::Refuse(404, "not found: try GET /report or GET /metrics\n"),
+    let Some(page) = paths.iter().position(|p| *p == path) else {
+        return Route::Refuse(404);
     };
     match method {
-        "GET" | "HEAD" => page,
-        _ => Route::Refuse(405, "method not allowed: use GET\n"),
+        "GET" | "HEAD" => Route::Page(page),
+        _ => Route::Refuse(405),
     }
+}
+
+/// The body of a 404: the paths that are there.
+pub fn not_found_body(paths: &[&str]) -> String {
+    let tries: Vec<String> = paths.iter().map(|p| format!("GET {p}")).collect();
+    format!("not found: try {}\n", tries.join(" or "))
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -198,9 +204,10 @@ pub fn response_head(
     head.into_bytes()
 }
 
-/// The plain-text body of an error status.
+/// The plain-text body of an error status other than 404.
 pub fn error_body(status: u16) -> &'static str {
     match status {
+        405 => "method not allowed: use GET\n",
         408 => "request timeout: the request did not arrive in time\n",
         411 => "length required: chunked bodies are not accepted\n",
         413 => "content too large: bodies over 64 KiB are refused\n",
@@ -213,6 +220,8 @@ pub fn error_body(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PAGES: &[&str] = &["/report", "/metrics"];
 
     fn request(buf: &[u8]) -> RequestHead {
         match parse_request(buf) {
@@ -227,7 +236,7 @@ mod tests {
         assert_eq!(r.method, "GET");
         assert_eq!(r.target, "/report?api_version=1&probe_id=abc");
         assert!(r.keep_alive);
-        assert_eq!(route(&r.method, &r.target), Route::Report);
+        assert_eq!(route(&r.method, &r.target, PAGES), Route::Page(0));
     }
 
     #[test]
@@ -310,15 +319,33 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET", "/report"), Route::Report);
-        assert_eq!(route("HEAD", "/metrics?x"), Route::Metrics);
+        let cases = [
+            ("GET", "/report", Route::Page(0)),
+            ("HEAD", "/metrics?x", Route::Page(1)),
+            ("POST", "/report", Route::Refuse(405)),
+            ("GET", "/", Route::Refuse(404)),
+            ("DELETE", "/nope", Route::Refuse(404)),
+            ("GET", "/reports", Route::Refuse(404)),
+        ];
+        for (method, target, expected) in cases {
+            assert_eq!(route(method, target, PAGES), expected, "{method} {target}");
+        }
+        // A table without /report has no /report: no catch-all.
+        assert_eq!(route("GET", "/report", &["/metrics"]), Route::Refuse(404));
+        assert_eq!(route("GET", "/metrics", &[]), Route::Refuse(404));
+    }
+
+    #[test]
+    fn refusal_bodies() {
         assert_eq!(
-            route("POST", "/report"),
-            Route::Refuse(405, "method not allowed: use GET\n")
+            not_found_body(PAGES),
+            "not found: try GET /report or GET /metrics\n"
         );
-        assert!(matches!(route("GET", "/"), Route::Refuse(404, _)));
-        assert!(matches!(route("DELETE", "/nope"), Route::Refuse(404, _)));
-        assert!(matches!(route("GET", "/reports"), Route::Refuse(404, _)));
+        assert_eq!(
+            not_found_body(&["/metrics"]),
+            "not found: try GET /metrics\n"
+        );
+        assert_eq!(error_body(405), "method not allowed: use GET\n");
     }
 
     #[test]

@@ -1,24 +1,15 @@
-//! scope-http-statistics: wires the CLI, the probe, the snapshot loop and the
-//! socket server together. Errors are reported once, here.
-
-mod cli;
-mod daemon;
-mod http;
-mod latency;
-mod metrics;
-mod probe;
-mod rates;
-mod report;
-mod server;
-mod top;
+//! scope-http-statistics: parses the command line and hands over to the
+//! daemon, the health check or `top`. Errors are reported once, here.
 
 use std::process::ExitCode;
+
+use scope_http_statistics::{cli, daemon, healthcheck, top};
 
 fn main() -> ExitCode {
     let config = match cli::parse(std::env::args().skip(1)) {
         Ok(cli::Command::Run(config)) => config,
         Ok(cli::Command::HealthCheck(socket)) => {
-            return match server::health_check(&socket) {
+            return match healthcheck::health_check(&socket) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("scope-http-statistics: unhealthy: {e}");

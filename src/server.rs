@@ -1,13 +1,18 @@
-//! The Unix socket Scope polls: preparing its path, and one worker thread
-//! that answers every connection from the last rendered snapshot, never doing
-//! work per request. The worker multiplexes connections with poll(2) over
-//! non-blocking sockets, so idle, slow or hostile clients cost a buffer each
-//! and never hold up the others; every read and write has a deadline.
+//! Serves pre-rendered pages by path, and nothing else: one worker thread per
+//! listener answers every connection from the page table it was given, never
+//! doing work per request. The worker multiplexes connections with poll(2)
+//! over non-blocking sockets, so idle, slow or hostile clients cost a buffer
+//! each and never hold up the others; every read and write has a deadline.
+//!
+//! The worker is generic over its listener ([`Listener`]): the Unix socket
+//! Scope polls is [`SocketServer`]; another listener (e.g. TCP for
+//! Prometheus) runs the same worker with a page table of its own through
+//! [`Worker::start`].
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::http::{self, Parse, Route};
-use crate::metrics;
-use crate::report::is_valid_plugin_id;
+use crate::http::{self, Parse};
+use crate::socket_path;
 
-/// Connections served at once; past it the one idle longest is dropped, so a
-/// flood of idle connections cannot lock Scope out.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections one worker serves at most, whatever the descriptor limit:
+/// each may buffer up to `MAX_BUFFERED` bytes. Past its cap the worker drops
+/// the connection idle longest, so a flood of idle connections cannot lock
+/// Scope out.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// A request must arrive whole within this time of its first byte (slowloris).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// An answer must make progress at least this often (clients that stop reading).
@@ -39,175 +45,109 @@ const POLL_INTERVAL_MS: i32 = 100;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes buffered from one connection before it must have formed a request.
 const MAX_BUFFERED: usize = http::MAX_HEAD + http::MAX_BODY + 4;
+/// Content type of refusals (404, 405, 4xx on bad requests).
+const REFUSAL_TYPE: &str = "text/plain; charset=utf-8";
 
-/// What the worker serves: the last rendered report and metrics.
-#[derive(Clone)]
-pub struct Rendered {
-    pub report: Arc<[u8]>,
-    pub metrics: Arc<[u8]>,
+/// One page a listener serves: `GET path` answers `body` as `content_type`.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub path: &'static str,
+    pub content_type: &'static str,
+    pub body: Arc<[u8]>,
 }
 
-pub type RenderedSlot = Arc<Mutex<Rendered>>;
-/// The plugin id Scope derives from the socket: its file name without the
-/// extension. Refuses names Scope would skip.
-pub fn plugin_id(socket: &Path) -> Result<String, String> {
-    let stem = socket
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
-    if is_valid_plugin_id(stem) {
-        Ok(stem.to_string())
-    } else {
-        Err(format!(
-            "socket {}: Scope takes the plugin id from the file name without extension, and {stem:?} is not a \
-             valid id (letters, digits and single dashes, e.g. http-statistics.sock)",
-            socket.display()
-        ))
+/// The pages a listener serves, replaced whole (bodies are shared, not
+/// copied) by whoever renders them. A path not in the table is 404.
+pub type PageSlot = Arc<Mutex<Vec<Page>>>;
+
+/// A listening socket the worker can accept from.
+pub trait Listener: AsRawFd + Send + 'static {
+    type Stream: Stream;
+    /// Accepts one pending connection and makes it non-blocking.
+    fn accept_nonblocking(&self) -> io::Result<Self::Stream>;
+}
+
+/// A connected socket the worker can serve.
+pub trait Stream: Read + Write + AsRawFd + Send + 'static {
+    /// Stops sending (the answer is complete); errors are of no interest.
+    fn shutdown_write(&self);
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    fn accept_nonblocking(&self) -> io::Result<UnixStream> {
+        let (stream, _) = self.accept()?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
     }
 }
 
-/// The bound socket and its worker; stops the worker and removes the socket
-/// file when dropped.
+impl Stream for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// A worker thread serving one listener; stops it when dropped.
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts a thread named `name` answering connections on `listener`
+    /// (already non-blocking) from `pages`, holding at most `max_connections`
+    /// at once.
+    pub fn start<L: Listener>(
+        name: &str,
+        listener: L,
+        pages: PageSlot,
+        max_connections: usize,
+    ) -> Result<Worker, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(&listener, &pages, &flag, max_connections.max(1)))
+            .map_err(|e| format!("cannot start the HTTP worker {name}: {e}"))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The Unix socket Scope polls, bound at a checked path (mode 0600 in a 0700
+/// directory, see `socket_path`), and its worker; stops the worker and
+/// removes the socket file when dropped.
 pub struct SocketServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// What stands at the socket path now, once found usable.
-struct PathState {
-    /// The socket's directory is missing and must be created.
-    create_dir: bool,
-    /// The directory is ours but with this looser mode.
-    loose_mode: Option<u32>,
-    /// A socket left by a crashed run is there.
-    stale_socket: bool,
-}
-
-/// Looks at the socket path without changing anything. Refuses, rather than
-/// follows or chmods, a directory that is a symlink, not a directory, or
-/// someone else's; refuses a live daemon's socket and anything that is not a
-/// socket.
-fn inspect_path(path: &Path) -> Result<PathState, String> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut state = PathState {
-        create_dir: false,
-        loose_mode: None,
-        stale_socket: false,
-    };
-    match fs::symlink_metadata(parent) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => state.create_dir = true,
-        Err(e) => return Err(format!("cannot inspect socket directory {}: {e}", parent.display())),
-        Ok(meta) if meta.file_type().is_symlink() => {
-            return Err(format!(
-                "socket directory {} is a symlink; refusing to follow it",
-                parent.display()
-            ))
-        }
-        Ok(meta) if !meta.is_dir() => {
-            return Err(format!("socket directory {} is not a directory", parent.display()))
-        }
-        Ok(meta) if meta.uid() != euid() => {
-            return Err(format!(
-                "socket directory {} belongs to uid {}, not to this daemon's uid {}; refusing to use it",
-                parent.display(),
-                meta.uid(),
-                euid()
-            ))
-        }
-        Ok(meta) => state.loose_mode = Some(meta.mode() & 0o777).filter(|&m| m != 0o700),
-    }
-    if state.create_dir {
-        return Ok(state);
-    }
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(format!(
-                "cannot inspect socket path {}: {e}",
-                path.display()
-            ))
-        }
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(format!(
-                "socket path {} exists and is not a socket; refusing to replace it",
-                path.display()
-            ))
-        }
-        Ok(_) if UnixStream::connect(path).is_ok() => {
-            return Err(format!(
-                "another process is already serving on {}; refusing to take it over",
-                path.display()
-            ))
-        }
-        Ok(_) => state.stale_socket = true,
-    }
-    Ok(state)
-}
-
-/// Checks that the daemon could serve on `path`, changing nothing: done
-/// before the probe loads, so that a bad path fails fast and leaves the
-/// filesystem as it was.
-pub fn check_path(path: &Path) -> Result<(), String> {
-    inspect_path(path).map(|_| ())
-}
-
-/// Makes the socket's directory (0700, ancestors 0755), tightens its mode,
-/// and clears a stale socket left by a crashed run.
-fn prepare_path(path: &Path) -> Result<(), String> {
-    let state = inspect_path(path)?;
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if state.create_dir {
-        if let Some(grandparent) = parent.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(grandparent)
-                .map_err(|e| format!("cannot create {}: {e}", grandparent.display()))?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| format!("cannot create socket directory {}: {e}", parent.display()))?;
-        info!("created socket directory {} (mode 0700)", parent.display());
-    }
-    if let Some(mode) = state.loose_mode {
-        fs::set_permissions(parent, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot set mode 0700 on {}: {e}", parent.display()))?;
-        info!(
-            "socket directory {} had mode {mode:o}: set it to 0700",
-            parent.display()
-        );
-    }
-    if state.stale_socket {
-        fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
-        info!("replaced stale socket {}", path.display());
-    }
-    Ok(())
+    worker: Option<Worker>,
 }
 
 impl SocketServer {
-    /// Binds the socket (mode 0600) and starts the worker.
-    pub fn start(path: &Path, slot: RenderedSlot) -> Result<SocketServer, String> {
-        prepare_path(path)?;
+    /// Prepares `path`, binds the socket (mode 0600) and starts the worker
+    /// (thread `http-worker`) on `pages`.
+    pub fn start(
+        path: &Path,
+        pages: PageSlot,
+        max_connections: usize,
+    ) -> Result<SocketServer, String> {
+        socket_path::prepare(path)?;
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
         // From here on, dropping `this` removes the socket file.
         let mut this = SocketServer {
             path: path.to_path_buf(),
-            stop: Arc::new(AtomicBool::new(false)),
             worker: None,
         };
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
@@ -215,12 +155,12 @@ impl SocketServer {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("cannot make {} non-blocking: {e}", path.display()))?;
-        let stop = Arc::clone(&this.stop);
-        let worker = std::thread::Builder::new()
-            .name("http-worker".into())
-            .spawn(move || serve(&listener, &slot, &stop))
-            .map_err(|e| format!("cannot start the HTTP worker: {e}"))?;
-        this.worker = Some(worker);
+        this.worker = Some(Worker::start(
+            "http-worker",
+            listener,
+            pages,
+            max_connections,
+        )?);
         info!("listening on {}", path.display());
         Ok(this)
     }
@@ -228,10 +168,8 @@ impl SocketServer {
 
 impl Drop for SocketServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
+        // The worker first: no connection is accepted on a removed path.
+        drop(self.worker.take());
         match fs::remove_file(&self.path) {
             Ok(()) => debug!("removed {}", self.path.display()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -255,8 +193,8 @@ impl Answer {
     }
 }
 
-struct Connection {
-    stream: UnixStream,
+struct Connection<S> {
+    stream: S,
     input: Vec<u8>,
     answer: Option<Answer>,
     /// When the first byte of the request being read arrived.
@@ -271,30 +209,31 @@ struct Connection {
     closed: bool,
 }
 
-fn answer_for(head: &http::RequestHead, slot: &RenderedSlot) -> (u16, &'static str, Arc<[u8]>) {
-    match http::route(&head.method, &head.target) {
-        Route::Refuse(status, text) => (
-            status,
-            "text/plain; charset=utf-8",
-            Arc::from(text.as_bytes()),
+/// Status, content type and body answering `head` from `pages`.
+fn answer_for(head: &http::RequestHead, pages: &PageSlot) -> (u16, &'static str, Arc<[u8]>) {
+    // Clone the Arc under the lock; write outside it.
+    let table = match pages.lock() {
+        Ok(t) => t,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let paths: Vec<&str> = table.iter().map(|p| p.path).collect();
+    match http::route(&head.method, &head.target, &paths) {
+        http::Route::Page(i) => (200, table[i].content_type, Arc::clone(&table[i].body)),
+        http::Route::Refuse(404) => (
+            404,
+            REFUSAL_TYPE,
+            Arc::from(http::not_found_body(&paths).as_bytes()),
         ),
-        page => {
-            // Clone the Arc under the lock; write outside it.
-            let rendered = match slot.lock() {
-                Ok(r) => r.clone(),
-                Err(poisoned) => poisoned.into_inner().clone(),
-            };
-            if page == Route::Report {
-                (200, "application/json", rendered.report)
-            } else {
-                (200, metrics::CONTENT_TYPE, rendered.metrics)
-            }
-        }
+        http::Route::Refuse(status) => (
+            status,
+            REFUSAL_TYPE,
+            Arc::from(http::error_body(status).as_bytes()),
+        ),
     }
 }
 
-impl Connection {
-    fn new(stream: UnixStream, now: Instant) -> Connection {
+impl<S: Stream> Connection<S> {
+    fn new(stream: S, now: Instant) -> Connection<S> {
         Connection {
             stream,
             input: Vec::new(),
@@ -311,7 +250,7 @@ impl Connection {
     /// The last answer is out: stop sending, and drain until the client
     /// closes (see DRAIN_TIMEOUT).
     fn finish(&mut self, now: Instant) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.stream.shutdown_write();
         self.input.clear();
         self.answer = None;
         self.request_started = None;
@@ -344,12 +283,12 @@ impl Connection {
         self.input.clear();
         self.request_started = None;
         let body: Arc<[u8]> = Arc::from(http::error_body(status).as_bytes());
-        self.queue(status, "text/plain; charset=utf-8", body, false, false);
+        self.queue(status, REFUSAL_TYPE, body, false, false);
     }
 
     /// Turns the next buffered request, if whole, into an answer. One answer
     /// at a time: pipelined requests wait in `input` until it is written.
-    fn take_request(&mut self, slot: &RenderedSlot, now: Instant) {
+    fn take_request(&mut self, pages: &PageSlot, now: Instant) {
         if self.answer.is_some() || self.closed {
             return;
         }
@@ -370,7 +309,7 @@ impl Connection {
             Parse::Request(head) => {
                 self.input.drain(..head.length);
                 self.request_started = (!self.input.is_empty()).then_some(now);
-                let (status, content_type, body) = answer_for(&head, slot);
+                let (status, content_type, body) = answer_for(&head, pages);
                 self.queue(
                     status,
                     content_type,
@@ -382,7 +321,7 @@ impl Connection {
         }
     }
 
-    fn read(&mut self, slot: &RenderedSlot, now: Instant) {
+    fn read(&mut self, pages: &PageSlot, now: Instant) {
         let mut chunk = [0u8; 4096];
         let draining = self.draining_since.is_some();
         while draining || self.input.len() < MAX_BUFFERED {
@@ -408,7 +347,7 @@ impl Connection {
             self.closed = self.peer_done;
             return;
         }
-        self.take_request(slot, now);
+        self.take_request(pages, now);
         if self.peer_done && self.answer.is_none() {
             // A half-closed client gets the answers to what it sent; once
             // nothing whole is left, the connection is done.
@@ -416,7 +355,7 @@ impl Connection {
         }
     }
 
-    fn write(&mut self, slot: &RenderedSlot, now: Instant) {
+    fn write(&mut self, pages: &PageSlot, now: Instant) {
         while let Some(answer) = &mut self.answer {
             let (head, body) = answer.remaining();
             if head.is_empty() && body.is_empty() {
@@ -425,7 +364,7 @@ impl Connection {
                     self.finish(now);
                     return;
                 }
-                self.take_request(slot, now);
+                self.take_request(pages, now);
                 if self.peer_done && self.answer.is_none() {
                     self.finish(now);
                     return;
@@ -477,18 +416,20 @@ impl Connection {
     }
 }
 
-fn accept_all(listener: &UnixListener, connections: &mut Vec<Connection>, now: Instant) {
+fn accept_all<L: Listener>(
+    listener: &L,
+    connections: &mut Vec<Connection<L::Stream>>,
+    max_connections: usize,
+    now: Instant,
+) {
     loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if stream.set_nonblocking(true).is_err() {
-                    continue;
-                }
-                if connections.len() >= MAX_CONNECTIONS {
+        match listener.accept_nonblocking() {
+            Ok(stream) => {
+                if connections.len() >= max_connections {
                     if let Some(oldest) =
                         (0..connections.len()).min_by_key(|&i| connections[i].last_progress)
                     {
-                        debug!("{MAX_CONNECTIONS} connections open: dropping the one idle longest");
+                        debug!("{max_connections} connections open: dropping the one idle longest");
                         connections.swap_remove(oldest);
                     }
                 }
@@ -505,8 +446,8 @@ fn accept_all(listener: &UnixListener, connections: &mut Vec<Connection>, now: I
     }
 }
 
-fn serve(listener: &UnixListener, slot: &RenderedSlot, stop: &AtomicBool) {
-    let mut connections: Vec<Connection> = Vec::new();
+fn serve<L: Listener>(listener: &L, pages: &PageSlot, stop: &AtomicBool, max_connections: usize) {
+    let mut connections: Vec<Connection<L::Stream>> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         fds.clear();
@@ -550,13 +491,13 @@ fn serve(listener: &UnixListener, slot: &RenderedSlot, stop: &AtomicBool) {
             if fd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
                 c.closed = true;
             } else if fd.revents & libc::POLLOUT != 0 {
-                c.write(slot, now);
+                c.write(pages, now);
             } else if fd.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
-                c.read(slot, now);
+                c.read(pages, now);
             }
             // Answer at once what a read made ready.
             if c.answer.is_some() && !c.closed && fd.revents & libc::POLLOUT == 0 {
-                c.write(slot, now);
+                c.write(pages, now);
             }
             if !c.closed {
                 c.enforce_deadlines(now);
@@ -564,81 +505,7 @@ fn serve(listener: &UnixListener, slot: &RenderedSlot, stop: &AtomicBool) {
         }
         connections.retain(|c| !c.closed);
         if fds[0].revents & libc::POLLIN != 0 {
-            accept_all(listener, &mut connections, now);
+            accept_all(listener, &mut connections, max_connections, now);
         }
-    }
-}
-
-/// Budget Scope gives a plugin for connect plus the whole answer.
-const SCOPE_POLL_BUDGET: Duration = Duration::from_millis(500);
-
-/// Asks the daemon on `socket` for its report, as Scope would: Ok when it
-/// answers 200 within Scope's budget.
-pub fn health_check(socket: &Path) -> Result<(), String> {
-    let started = Instant::now();
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    let io_err = |e: io::Error| format!("{}: {e}", socket.display());
-    stream
-        .set_read_timeout(Some(SCOPE_POLL_BUDGET))
-        .map_err(io_err)?;
-    stream
-        .set_write_timeout(Some(SCOPE_POLL_BUDGET))
-        .map_err(io_err)?;
-    stream
-        .write_all(
-            b"GET /report?api_version=1 HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n\r\n",
-        )
-        .map_err(io_err)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(io_err)?;
-    let elapsed = started.elapsed();
-    let status_line = answer.split(|&b| b == b'\r').next().unwrap_or_default();
-    if !status_line.starts_with(b"HTTP/1.1 200 ") {
-        return Err(format!(
-            "GET /report answered {:?}",
-            String::from_utf8_lossy(status_line)
-        ));
-    }
-    if elapsed > SCOPE_POLL_BUDGET {
-        return Err(format!(
-            "GET /report took {} ms, over Scope's 500 ms",
-            elapsed.as_millis()
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plugin_id_follows_the_socket_name() {
-        assert_eq!(
-            plugin_id(Path::new("/var/run/scope/plugins/x/http-statistics.sock")).unwrap(),
-            "http-statistics"
-        );
-        assert_eq!(plugin_id(Path::new("/tmp/my-plugin")).unwrap(), "my-plugin");
-        assert!(plugin_id(Path::new("/tmp/my_plugin.sock"))
-            .unwrap_err()
-            .contains("not a valid id"));
-        assert!(plugin_id(Path::new("/tmp/a.b.sock")).is_err());
-        assert!(plugin_id(Path::new("/")).is_err());
-    }
-
-    #[test]
-    fn stale_socket_is_replaced_and_live_one_refused() {
-        let dir = std::env::temp_dir().join(format!("shs-unit-{}", std::process::id()));
-        let path = dir.join("s.sock");
-        fs::create_dir_all(&dir).unwrap();
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        assert!(prepare_path(&path).unwrap_err().contains("already serving"));
-        drop(listener); // the file stays: a stale socket
-        prepare_path(&path).unwrap();
-        assert!(!path.exists());
-        fs::write(&path, b"x").unwrap();
-        assert!(prepare_path(&path).unwrap_err().contains("not a socket"));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
