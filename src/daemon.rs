@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn, LevelFilter};
+use log::{debug, info, warn, LevelFilter};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::cli::Config;
@@ -14,9 +14,11 @@ use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
 use crate::server::{Page, PageSlot, SocketServer, MAX_CONNECTIONS};
 use crate::socket_path::{self, plugin_id};
-use crate::{metrics, report};
+use crate::{fd_budget, metrics, report};
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// Fewest connections worth starting with (Scope needs one at a time).
+const MIN_CONNECTIONS: usize = 16;
 /// How often the loop looks at the signal flags while waiting.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -114,6 +116,11 @@ fn render(
 
 pub fn run(config: Config) -> Result<(), String> {
     init_logging(config.log_level);
+    // Before anything opens descriptors; see fd_budget.
+    let (open_files, was) = fd_budget::raise_open_files_limit()?;
+    if let Some(was) = was {
+        debug!("raised the open-files limit from {was} to {open_files}");
+    }
     let plugin_id = plugin_id(&config.socket)?;
     let hostname = resolve_hostname(config.hostname.as_deref())?;
 
@@ -152,7 +159,15 @@ pub fn run(config: Config) -> Result<(), String> {
         &facts,
     );
     let slot: PageSlot = Arc::new(Mutex::new(first));
-    let server = SocketServer::start(&config.socket, Arc::clone(&slot), MAX_CONNECTIONS)?;
+    // Counted once the probe holds its maps, programs and links.
+    let max_connections = fd_budget::connection_cap(
+        open_files,
+        fd_budget::open_descriptors()?,
+        MAX_CONNECTIONS,
+        MIN_CONNECTIONS,
+    )?;
+    debug!("serving at most {max_connections} connections at once");
+    let server = SocketServer::start(&config.socket, Arc::clone(&slot), max_connections)?;
     info!("serving plugin {plugin_id:?} for host {hostname:?}");
 
     let mut episodes = DropEpisodes::default();

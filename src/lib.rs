@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod fd_budget;
 pub mod healthcheck;
 pub mod http;
 pub mod latency;

@@ -2,7 +2,9 @@
 //! listener answers every connection from the page table it was given, never
 //! doing work per request. The worker multiplexes connections with poll(2)
 //! over non-blocking sockets, so idle, slow or hostile clients cost a buffer
-//! each and never hold up the others; every read and write has a deadline.
+//! each and never hold up the others; every read and write has a deadline,
+//! the connections it holds are capped below what the process can open, and
+//! running out of descriptors sheds or pauses, never spins.
 //!
 //! The worker is generic over its listener ([`Listener`]): the Unix socket
 //! Scope polls is [`SocketServer`]; another listener (e.g. TCP for
@@ -43,6 +45,10 @@ const POLL_INTERVAL_MS: i32 = 100;
 /// unread bytes makes the client's next read fail with ECONNRESET, which can
 /// cost it the answer it was sent.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the listener is left alone when accepting fails with nothing to
+/// shed (out of descriptors host-wide, say): a listener with a pending
+/// connection stays readable, and polling it again at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes buffered from one connection before it must have formed a request.
 const MAX_BUFFERED: usize = http::MAX_HEAD + http::MAX_BODY + 4;
 /// Content type of refusals (404, 405, 4xx on bad requests).
@@ -97,7 +103,8 @@ pub struct Worker {
 impl Worker {
     /// Starts a thread named `name` answering connections on `listener`
     /// (already non-blocking) from `pages`, holding at most `max_connections`
-    /// at once.
+    /// at once: the caller sizes that from the descriptors the process may
+    /// still open (see `fd_budget`), shared among its listeners.
     pub fn start<L: Listener>(
         name: &str,
         listener: L,
@@ -416,31 +423,56 @@ impl<S: Stream> Connection<S> {
     }
 }
 
+/// Whether accept failed for want of a descriptor (this process's or the
+/// host's).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Drops the connection idle longest; false when there is none.
+fn shed_idle_longest<S>(connections: &mut Vec<Connection<S>>) -> bool {
+    let oldest = (0..connections.len()).min_by_key(|&i| connections[i].last_progress);
+    if let Some(i) = oldest {
+        connections.swap_remove(i);
+    }
+    oldest.is_some()
+}
+
+/// Accepts every pending connection. Returns when the listener should next
+/// be polled, if not at once: accepting failed and shedding a connection did
+/// not help.
 fn accept_all<L: Listener>(
     listener: &L,
     connections: &mut Vec<Connection<L::Stream>>,
     max_connections: usize,
     now: Instant,
-) {
+) -> Option<Instant> {
+    let mut shed = false;
     loop {
         match listener.accept_nonblocking() {
             Ok(stream) => {
                 if connections.len() >= max_connections {
-                    if let Some(oldest) =
-                        (0..connections.len()).min_by_key(|&i| connections[i].last_progress)
-                    {
-                        debug!("{max_connections} connections open: dropping the one idle longest");
-                        connections.swap_remove(oldest);
-                    }
+                    debug!("{max_connections} connections open: dropping the one idle longest");
+                    shed_idle_longest(connections);
                 }
                 connections.push(Connection::new(stream, now));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            // Out of descriptors although the cap sits below the limit:
+            // something else holds them. Make room once with an idle
+            // connection, as the cap would.
+            Err(e) if out_of_descriptors(&e) && !shed && shed_idle_longest(connections) => {
+                debug!("accept failed ({e}): dropped the connection idle longest");
+                shed = true;
+            }
             Err(e) => {
-                // Out of fds, most likely: keep serving the open connections.
-                debug!("accept failed: {e}");
-                return;
+                debug!("accept failed ({e}): pausing the listener");
+                return Some(now + ACCEPT_BACKOFF);
             }
         }
     }
@@ -449,11 +481,13 @@ fn accept_all<L: Listener>(
 fn serve<L: Listener>(listener: &L, pages: &PageSlot, stop: &AtomicBool, max_connections: usize) {
     let mut connections: Vec<Connection<L::Stream>> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut accept_paused_until: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
+        let accepting = accept_paused_until.is_none_or(|t| Instant::now() >= t);
         fds.clear();
         fds.push(libc::pollfd {
             fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
+            events: if accepting { libc::POLLIN } else { 0 },
             revents: 0,
         });
         for c in &connections {
@@ -504,8 +538,57 @@ fn serve<L: Listener>(listener: &L, pages: &PageSlot, stop: &AtomicBool, max_con
             }
         }
         connections.retain(|c| !c.closed);
-        if fds[0].revents & libc::POLLIN != 0 {
-            accept_all(listener, &mut connections, max_connections, now);
+        if accepting && fds[0].revents & libc::POLLIN != 0 {
+            accept_paused_until = accept_all(listener, &mut connections, max_connections, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that has a connection pending and no descriptor to take
+    /// it with.
+    struct OutOfDescriptors(UnixListener);
+
+    impl AsRawFd for OutOfDescriptors {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+
+    impl Listener for OutOfDescriptors {
+        type Stream = UnixStream;
+        fn accept_nonblocking(&self) -> io::Result<UnixStream> {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+
+    #[test]
+    fn out_of_descriptors_sheds_the_idle_longest_once_then_pauses_the_listener() {
+        let dir = std::env::temp_dir().join(format!("shs-accept-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let listener = OutOfDescriptors(UnixListener::bind(dir.join("s.sock")).unwrap());
+        let now = Instant::now();
+        let (older, _older_peer) = UnixStream::pair().unwrap();
+        let (newer, _newer_peer) = UnixStream::pair().unwrap();
+        let (newest, _newest_peer) = UnixStream::pair().unwrap();
+        let mut connections = vec![
+            Connection::new(newer, now - Duration::from_secs(1)),
+            Connection::new(older, now - Duration::from_secs(2)),
+            Connection::new(newest, now),
+        ];
+        let paused_until = accept_all(&listener, &mut connections, MAX_CONNECTIONS, now);
+        assert_eq!(paused_until, Some(now + ACCEPT_BACKOFF));
+        let left: Vec<Instant> = connections.iter().map(|c| c.last_progress).collect();
+        assert_eq!(left, [now - Duration::from_secs(1), now]);
+        // With nothing to shed, it pauses at once.
+        let mut none: Vec<Connection<UnixStream>> = Vec::new();
+        assert_eq!(
+            accept_all(&listener, &mut none, MAX_CONNECTIONS, now),
+            Some(now + ACCEPT_BACKOFF)
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

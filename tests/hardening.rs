@@ -1225,3 +1225,260 @@ fn sighup_is_logged_and_ignored_and_clients_that_vanish_do_not_hurt() {
     );
     assert_no_file("after SIGTERM", &socket);
 }
+
+// ---------------------------------------------------------------------------
+// 5. An open-files limit of 1024 and 2,000 idle clients
+// ---------------------------------------------------------------------------
+
+const IDLE_OVER_THE_LIMIT: usize = 2000;
+/// Polls a Scope-like client makes while the idle clients hold on.
+const LIMITED_POLLS: u32 = 10;
+
+/// Raises this test process's soft open-files limit so that it can hold
+/// `needed` descriptors (CI machines may start it at 1024).
+fn allow_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert!(
+        limit.rlim_max >= needed,
+        "this test needs {needed} open files and the hard limit is {}",
+        limit.rlim_max
+    );
+    if limit.rlim_cur < needed {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: a valid rlimit; raising the soft limit to the hard one
+        // needs no privilege and affects only this process.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    }
+}
+
+/// A daemon the test starts itself, through `sh -c 'ulimit ...; exec ...'`,
+/// as an init system with a `LimitNOFILE` would; SIGTERMed (then killed) on
+/// drop.
+struct LimitedDaemon {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl LimitedDaemon {
+    fn start(ulimit: &str) -> LimitedDaemon {
+        require_root();
+        let dir = TempDir::new("limited");
+        let socket = dir.path().join("plugins").join("http-statistics.sock");
+        let log = dir.path().join("daemon.log");
+        let log_file = fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
+            .arg(DAEMON)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--hostname", "testhost", "--log-level", "info"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {DAEMON} under {ulimit:?}: {e}"));
+        let mut daemon = LimitedDaemon {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        };
+        let ready = wait_until(Duration::from_secs(30), || {
+            daemon.child.try_wait().ok().flatten().is_none()
+                && poll_once(&daemon.socket).is_ok_and(|(r, _)| r.status == 200)
+        });
+        assert!(
+            ready,
+            "the daemon under {ulimit:?} did not answer within 30 s; log:\n{}",
+            daemon.log()
+        );
+        daemon
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LimitedDaemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory-safety preconditions; our child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if !wait_until(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten().is_some()
+        }) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One Scope poll on a fresh connection: the answer and how long connect
+/// plus answer took. Errors rather than hangs past 2 s.
+fn poll_once(socket: &Path) -> Result<(HttpResponse, Duration), String> {
+    let started = Instant::now();
+    let mut stream = connect(socket)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(SCOPE_POLL_CLOSE)
+        .map_err(|e| format!("write: {e}"))?;
+    let response =
+        read_response(&mut io::BufReader::new(stream)).map_err(|e| format!("read: {e}"))?;
+    Ok((response, started.elapsed()))
+}
+
+/// The soft and hard "Max open files" of a process.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no Max open files in /proc/{pid}/limits:\n{limits}"));
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    (fields[0].to_string(), fields[1].to_string())
+}
+
+/// CPU time (user + system, in clock ticks) of the thread of `pid` named
+/// `name`.
+fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let path = task.path();
+        if fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            let stat = fs::read_to_string(path.join("stat")).unwrap();
+            let after_comm: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .collect();
+            // After "(comm)": state is field 3 of stat(5), utime 14, stime 15.
+            let (utime, stime): (u64, u64) = (
+                after_comm[11].parse().unwrap(),
+                after_comm[12].parse().unwrap(),
+            );
+            return utime + stime;
+        }
+    }
+    panic!("pid {pid} has no thread named {name}");
+}
+
+/// Under `ulimit`, 2,000 clients connect and stay idle; meanwhile every one
+/// of a Scope-like poller's polls, each on a fresh connection, is answered
+/// 200 within 500 ms, and the worker does not spin (under half a core over
+/// 2 s).
+fn idle_clients_beyond_the_open_files_limit_do_not_lock_scope_out(
+    ulimit: &str,
+    expected_limits: (&str, &str),
+) {
+    allow_open_files(IDLE_OVER_THE_LIMIT as u64 + 512);
+    let daemon = LimitedDaemon::start(ulimit);
+    let limits = open_files_limits(daemon.pid());
+    assert_eq!(
+        (limits.0.as_str(), limits.1.as_str()),
+        expected_limits,
+        "the daemon's soft and hard open-files limits under {ulimit:?}"
+    );
+
+    // Connecting may block once the daemon stops accepting: from a thread,
+    // with a deadline, so that the test fails rather than hangs.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let socket = daemon.socket.clone();
+    thread::spawn(move || {
+        let idle: Result<Vec<UnixStream>, String> = (0..IDLE_OVER_THE_LIMIT)
+            .map(|i| UnixStream::connect(&socket).map_err(|e| format!("idle client #{i}: {e}")))
+            .collect();
+        let _ = sender.send(idle);
+    });
+    let idle = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{IDLE_OVER_THE_LIMIT} clients could not connect within 30 s"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..LIMITED_POLLS {
+        thread::sleep(Duration::from_millis(100));
+        match poll_once(&daemon.socket) {
+            Ok((response, took)) => {
+                slowest = slowest.max(took);
+                if let Err(e) = check_report(&response) {
+                    failures.push(format!("poll #{i}: {e}"));
+                } else if took >= SCOPE_BUDGET {
+                    failures.push(format!("poll #{i} took {} ms", took.as_millis()));
+                }
+            }
+            Err(e) => failures.push(format!("poll #{i}: {e}")),
+        }
+    }
+    let before = thread_cpu_ticks(daemon.pid(), "http-worker");
+    thread::sleep(Duration::from_secs(2));
+    let used = thread_cpu_ticks(daemon.pid(), "http-worker") - before;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+    eprintln!(
+        "under {ulimit:?} with {} idle clients: {} of {LIMITED_POLLS} polls answered in time \
+         (slowest {} ms); the worker used {used} ticks of CPU in 2 s ({ticks_per_second}/s)",
+        idle.len(),
+        LIMITED_POLLS as usize - failures.len(),
+        slowest.as_millis()
+    );
+    assert!(
+        failures.is_empty(),
+        "under {ulimit:?} with {IDLE_OVER_THE_LIMIT} idle clients, Scope's polls failed: \
+         {failures:?}; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        used < ticks_per_second,
+        "under {ulimit:?} with {IDLE_OVER_THE_LIMIT} idle clients the worker spins: \
+         {used} ticks of CPU in 2 s ({ticks_per_second} ticks a second)"
+    );
+    drop(idle);
+    let log = daemon.log();
+    assert!(
+        !log.contains("panicked") && !log.contains("ERROR"),
+        "daemon log:\n{log}"
+    );
+}
+
+#[test]
+fn a_soft_open_files_limit_of_1024_is_raised_and_2000_idle_clients_do_not_lock_scope_out() {
+    // systemd's default: soft 1024, hard 524288 (here, whatever the test has).
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `hard` is a valid, writable rlimit for the call.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    let hard = hard.rlim_max.to_string();
+    idle_clients_beyond_the_open_files_limit_do_not_lock_scope_out(
+        "ulimit -Sn 1024",
+        (&hard, &hard),
+    );
+}
+
+#[test]
+fn a_hard_open_files_limit_of_1024_caps_connections_below_it_and_2000_idle_clients_do_not_lock_scope_out(
+) {
+    idle_clients_beyond_the_open_files_limit_do_not_lock_scope_out(
+        "ulimit -n 1024",
+        ("1024", "1024"),
+    );
+}
