@@ -9,9 +9,10 @@ APT       := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-
 
 # Build needs: clang and the libbpf headers (the probe is C compiled at build time).
 BUILD_PKGS := clang libbpf-dev
-# Test needs: real servers and clients, promtool, bpftool, an image builder;
+# Test needs: real servers and clients, promtool and prometheus, bpftool, an image
+# builder, tmux (a terminal for `top`);
 # plus kubernetes-validate from PyPI for the DaemonSet's schema.
-TEST_PKGS  := nginx nodejs python3 curl wrk netcat-openbsd prometheus bpftool buildah file
+TEST_PKGS  := nginx nodejs python3 curl wrk netcat-openbsd prometheus bpftool buildah file tmux
 
 MUSL      := x86_64-unknown-linux-musl
 DIST      := dist/$(BIN)
@@ -27,7 +28,7 @@ deps:
 		echo "installing $(BUILD_PKGS)"; apt-get update -qq && $(APT) $(BUILD_PKGS); fi
 
 test-deps: deps
-	@missing=""; for c in nginx node python3 curl wrk nc promtool bpftool buildah file; do \
+	@missing=""; for c in nginx node python3 curl wrk nc promtool prometheus bpftool buildah file tmux; do \
 		command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then echo "installing $(TEST_PKGS)"; apt-get update -qq && $(APT) $(TEST_PKGS); fi
 	@python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install -q kubernetes-validate

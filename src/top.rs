@@ -754,11 +754,11 @@ fn once(socket: &Path) -> Result<(), String> {
 
 /// The live view, until `q`, Ctrl-C or SIGTERM.
 fn live(socket: &Path) -> Result<(), String> {
+    // Fail before touching the terminal when the daemon is not there.
+    let mut previous = read_daemon(socket)?;
     if !is_terminal(STDIN) || !is_terminal(libc::STDOUT_FILENO) {
         return Err("top needs a terminal (use --once for scripts and pipes)".into());
     }
-    // Fail before touching the terminal when the daemon is not there.
-    let mut previous = read_daemon(socket)?;
     let stop = Arc::new(AtomicBool::new(false));
     let resized = Arc::new(AtomicBool::new(false));
     for (signal, flag) in [
