@@ -1,10 +1,15 @@
 //! Just enough HTTP/1.x for Scope's polls and Prometheus scrapes, as pure
 //! functions: parse a request head from a buffer, route it, frame the
-//! answer. Bounded: heads over `MAX_HEAD` bytes and bodies over `MAX_BODY`
-//! are refused, never buffered.
+//! answer. Bounded: request lines over `MAX_REQUEST_LINE` bytes, heads over
+//! `MAX_HEAD` and bodies over `MAX_BODY` are refused, never buffered.
 
 /// Longest request line plus headers accepted (431 beyond).
 pub const MAX_HEAD: usize = 8 * 1024;
+/// Longest request line accepted (414 beyond, as RFC 9112 says for an
+/// over-long request-target): half of `MAX_HEAD`, so that a line that is
+/// accepted leaves room for headers, and a head too long is 431 only because
+/// of its header fields.
+pub const MAX_REQUEST_LINE: usize = MAX_HEAD / 2;
 /// Longest request body accepted, and skipped (413 beyond): nothing here
 /// takes a body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -74,12 +79,19 @@ fn request_line(line: &str) -> Result<(&str, &str, bool), u16> {
 
 /// Parses the request at the start of `buf` (pipelined requests follow it).
 pub fn parse_request(buf: &[u8]) -> Parse {
+    // Refuse what cannot become a request, or is too long a request line, as
+    // soon as it shows.
+    let line_end = buf.windows(2).position(|w| w == b"\r\n");
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    if !plausible_start(line) {
+        return Parse::Error(400);
+    }
+    if line.len() > MAX_REQUEST_LINE {
+        return Parse::Error(414);
+    }
     let Some(head_len) = find_head_end(buf) else {
-        // Refuse what cannot become a request as soon as it shows.
-        let first_line_end = buf.windows(2).position(|w| w == b"\r\n");
-        return match first_line_end {
-            _ if !plausible_start(&buf[..first_line_end.unwrap_or(buf.len())]) => Parse::Error(400),
-            Some(end) => match std::str::from_utf8(&buf[..end])
+        return match line_end {
+            Some(_) => match std::str::from_utf8(line)
                 .map_err(|_| 400)
                 .and_then(request_line)
             {
@@ -87,7 +99,7 @@ pub fn parse_request(buf: &[u8]) -> Parse {
                 Ok(_) if buf.len() > MAX_HEAD => Parse::Error(431),
                 Ok(_) => Parse::Incomplete,
             },
-            None if buf.len() > MAX_HEAD => Parse::Error(431),
+            // Not past MAX_REQUEST_LINE, so not past MAX_HEAD either.
             None => Parse::Incomplete,
         };
     };
@@ -176,6 +188,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         505 => "HTTP Version Not Supported",
         _ => "Error",
@@ -211,6 +224,7 @@ pub fn error_body(status: u16) -> &'static str {
         408 => "request timeout: the request did not arrive in time\n",
         411 => "length required: chunked bodies are not accepted\n",
         413 => "content too large: bodies over 64 KiB are refused\n",
+        414 => "URI too long: request lines over 4 KiB are refused\n",
         431 => "request header fields too large: heads over 8 KiB are refused\n",
         505 => "HTTP version not supported: use HTTP/1.1 or HTTP/1.0\n",
         _ => "bad request\n",
@@ -346,6 +360,43 @@ mod tests {
             "not found: try GET /metrics\n"
         );
         assert_eq!(error_body(405), "method not allowed: use GET\n");
+    }
+
+    #[test]
+    fn over_long_request_lines_are_414_and_over_long_heads_431() {
+        let line_of = |target_len: usize| {
+            let mut line = b"GET /".to_vec();
+            line.extend(std::iter::repeat_n(b'a', target_len - 1));
+            line.extend(b" HTTP/1.1\r\n");
+            line
+        };
+        // An 8 KiB path, whole, still arriving, or with its headers.
+        let mut whole = line_of(8 * 1024);
+        whole.extend(b"Host: plugin\r\n\r\n");
+        assert_eq!(parse_request(&whole), Parse::Error(414));
+        assert_eq!(
+            parse_request(&whole[..MAX_REQUEST_LINE + 1]),
+            Parse::Error(414)
+        );
+        // A 100 KB request line, of which the worker buffers a part.
+        let long = line_of(100_000);
+        assert_eq!(parse_request(&long), Parse::Error(414));
+        assert_eq!(
+            parse_request(&long[..MAX_HEAD + 4 + MAX_BODY]),
+            Parse::Error(414)
+        );
+        // The longest request line accepted.
+        let mut longest = line_of(MAX_REQUEST_LINE - "GET  HTTP/1.1".len());
+        assert_eq!(longest.len(), MAX_REQUEST_LINE + 2);
+        longest.extend(b"\r\n");
+        assert!(matches!(parse_request(&longest), Parse::Request(_)));
+        let mut one_more = line_of(MAX_REQUEST_LINE + 1 - "GET  HTTP/1.1".len());
+        one_more.extend(b"\r\n");
+        assert_eq!(parse_request(&one_more), Parse::Error(414));
+        // A short line with 8 KiB of headers is still 431.
+        let mut headers = line_of(7);
+        headers.extend(format!("X: {}\r\n\r\n", "b".repeat(MAX_HEAD)).bytes());
+        assert_eq!(parse_request(&headers), Parse::Error(431));
     }
 
     #[test]

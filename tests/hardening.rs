@@ -846,7 +846,7 @@ fn hostile_clients_never_stall_scope_polls() {
             .map(|_| s.spawn(move || slowloris(socket, barrier)))
             .collect();
         let big: Vec<_> = [
-            ("1 MB request line", &long_line, 431),
+            ("1 MB request line", &long_line, 414),
             ("1 MB of headers", &long_headers, 431),
             ("64 KiB of random bytes", &random, 400),
         ]
@@ -1045,6 +1045,33 @@ fn oversized_bodies_chunked_bodies_and_http2_are_refused_and_closed() {
     // And it still serves.
     assert_eq!(daemon.report()["Plugins"][0]["id"], "http-statistics");
     assert_eq!(daemon.try_exit_status(), None);
+}
+
+/// RFC 9112: a request-target longer than the server accepts is 414 (URI
+/// Too Long); 431 is for header fields too large.
+#[test]
+fn over_long_request_lines_are_414_and_over_long_header_fields_431() {
+    let daemon = Daemon::start();
+    let request_line_of = |path_len: usize| {
+        let mut request = format!("GET /{} HTTP/1.1\r\n", "a".repeat(path_len - 1)).into_bytes();
+        request.extend(b"Host: plugin\r\n\r\n");
+        request
+    };
+    let mut long_headers = b"GET /report HTTP/1.1\r\nHost: plugin\r\n".to_vec();
+    long_headers.extend(format!("X-Filler: {}\r\n\r\n", "b".repeat(8 * 1024)).bytes());
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("an 8 KiB path", request_line_of(8 * 1024), 414),
+        ("a 100 KB request line", request_line_of(100_000), 414),
+        ("an 8 KiB header field", long_headers, 431),
+    ];
+    for (what, payload, status) in cases {
+        let answer = send_and_read(&daemon.socket, &payload, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        if let Err(e) = expect_refusal(what, &answer, status, &[Closed::Eof]) {
+            panic!("{e}");
+        }
+    }
+    assert_eq!(daemon.report()["Plugins"][0]["id"], "http-statistics");
 }
 
 /// Not in the list of limits, but found while writing these tests: a client
