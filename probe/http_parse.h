@@ -18,7 +18,7 @@
 #define SCAN_WINDOW 4096 /* bytes of a buffer copied and scanned, from the first message start */
 #define SCAN_SLACK 32    /* lets header-name checks read past a line start without bounds math */
 #define MAX_MESSAGES 16  /* message starts counted per buffer (pipelining) */
-#define MAX_SEGMENTS 8   /* iovecs walked per readv/writev/recvmsg/sendmsg */
+/* MAX_SEGMENTS is in http_stats.h: the daemon names it in a log hint. */
 #define SCAN_CHUNK_STEPS 64 /* 8-byte steps or header lines per scan_lines() call */
 #define SCAN_CHUNKS 12   /* scan_lines() calls per header block */
 #define MIN_MESSAGE 16   /* shortest complete message: "HTTP/1.0 200\r\n\r\n" */

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * The latency histogram's arithmetic (layout in http_stats.h): the exact
- * OpenTelemetry bounds and the fine log-linear bucket of a latency. Pure;
- * src/latency.rs has the daemon's twin of fine_bucket().
+ * The latency histogram's arithmetic (layout and bounds in http_stats.h):
+ * the fine log-linear bucket of a latency. Pure; src/latency.rs has the
+ * daemon's twin of fine_bucket(), and a unit test compares the two on every
+ * bucket edge (build.rs runs this code on the build host for it).
  */
 #ifndef LATENCY_H
 #define LATENCY_H
@@ -11,15 +12,10 @@
 
 #include "http_stats.h"
 
-/* OpenTelemetry's default HTTP server duration boundaries (seconds: 0.005
- * 0.01 0.025 0.05 0.075 0.1 0.25 0.5 0.75 1 2.5 5 7.5 10), in ns. */
-static const __u64 latency_bounds_ns[LATENCY_BOUNDS] = {
-	5000000,   10000000,   25000000,   50000000,   75000000,
-	100000000, 250000000,  500000000,  750000000,  1000000000,
-	2500000000, 5000000000, 7500000000, 10000000000,
-};
-
-#define LOG2_SUB_BUCKETS 4 /* log2(LATENCY_SUB_BUCKETS) */
+/* Also built for the build host (probe/abi_export.c), without bpf_helpers.h. */
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
 
 static __always_inline __u32 log2_floor(__u64 v)
 {

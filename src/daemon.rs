@@ -56,26 +56,22 @@ struct DropEpisodes {
 
 impl DropEpisodes {
     fn observe(&mut self, now: ProbeDrops, max_processes: u32) {
-        let before = self.last.by_reason();
-        for (i, (reason, count)) in now.by_reason().into_iter().enumerate() {
-            let grew = count > before[i].1;
-            // Not a fault: nginx's sendfile bodies land here all the time.
-            if reason == "unsupported_syscall" {
+        for (i, ((reason, count), (_, before))) in
+            now.by_reason().zip(self.last.by_reason()).enumerate()
+        {
+            let grew = count > before;
+            // Expected, not a fault (e.g. nginx's sendfile bodies): not logged.
+            if reason.hint.is_empty() {
                 continue;
             }
+            let label = reason.label;
             if grew && !self.growing[i] {
-                let hint = match reason {
-                    "process_map_full" => {
-                        format!(": the table of {max_processes} processes is full, new processes are not counted (raise --max-processes)")
-                    }
-                    "syscall_table_full" => ": too many threads inside socket syscalls at once; some transfers are not seen".into(),
-                    "awaiting_table_full" => ": too many connections with unanswered requests; their latency is not measured".into(),
-                    "pipeline_depth" => ": more than 16 pipelined requests awaiting responses on a connection; their latency is not measured".into(),
-                    _ => ": some pipelined messages were beyond what the probe scans per buffer".into(),
-                };
-                warn!("probe drops ({reason}) started, {count} so far{hint}");
+                let hint = reason
+                    .hint
+                    .replace("{max_processes}", &max_processes.to_string());
+                warn!("probe drops ({label}) started, {count} so far: {hint}");
             } else if !grew && self.growing[i] {
-                info!("probe drops ({reason}) stopped at {count}");
+                info!("probe drops ({label}) stopped at {count}");
             }
             self.growing[i] = grew;
         }
@@ -222,9 +218,10 @@ mod tests {
     #[test]
     fn drop_episodes_track_growth() {
         let mut e = DropEpisodes::default();
-        let full = |n| ProbeDrops {
-            process_map_full: n,
-            ..ProbeDrops::default()
+        let full = |n| {
+            let mut drops = ProbeDrops::default();
+            drops.0[crate::probe::abi::DROP_PROCESS_MAP_FULL] = n;
+            drops
         };
         e.observe(full(5), 10);
         assert!(e.growing[0]);

@@ -2,20 +2,17 @@
 //! exact counters at the OpenTelemetry boundaries for Prometheus, and a fine
 //! log-linear histogram for quantiles. Pure.
 
-/// Mirrors `LATENCY_UNIT_SHIFT`: fine values are in units of 1024 ns.
-const UNIT_SHIFT: u32 = 10;
-/// Mirrors `LATENCY_SUB_BUCKETS`.
-const SUB_BUCKETS: u64 = 16;
-const LOG2_SUB_BUCKETS: u32 = 4;
-/// Mirrors `LATENCY_FINE_BUCKETS`.
-pub const FINE_BUCKETS: usize = 400;
+use crate::probe::abi;
+
+/// Fine values are in units of 2^UNIT_SHIFT (1024) ns.
+const UNIT_SHIFT: u32 = abi::LATENCY_UNIT_SHIFT;
+const SUB_BUCKETS: u64 = abi::LATENCY_SUB_BUCKETS;
+const LOG2_SUB_BUCKETS: u32 = abi::LOG2_SUB_BUCKETS;
+pub const FINE_BUCKETS: usize = abi::LATENCY_FINE_BUCKETS;
 
 /// OpenTelemetry's default HTTP server duration boundaries, in seconds, as
-/// Prometheus `le` labels; mirrors `latency_bounds_ns` in the probe.
-pub const BOUNDS: [&str; 14] = [
-    "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1", "2.5", "5",
-    "7.5", "10",
-];
+/// Prometheus `le` labels: the probe's `latency_bounds_ns`.
+pub const BOUNDS: [&str; abi::LATENCY_BOUNDS] = abi::LATENCY_BOUND_LABELS;
 
 /// One process's latencies, cumulative or over an interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +118,19 @@ mod tests {
             h.sum_ns += ns;
         }
         h
+    }
+
+    #[test]
+    fn bounds_are_opentelemetrys_in_seconds() {
+        // The `le` labels of the Prometheus histogram series: they must not
+        // change with how they are made from the probe's nanoseconds.
+        assert_eq!(
+            BOUNDS,
+            [
+                "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1",
+                "2.5", "5", "7.5", "10"
+            ]
+        );
     }
 
     #[test]

@@ -132,7 +132,8 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
     for (reason, count) in snapshot.drops.by_reason() {
         let _ = writeln!(
             out,
-            "scope_http_statistics_probe_drops_total{{reason=\"{reason}\"}} {count}"
+            "scope_http_statistics_probe_drops_total{{reason=\"{}\"}} {count}",
+            reason.label
         );
     }
     header(
@@ -187,6 +188,7 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
 mod tests {
     use super::*;
     use crate::latency::LatencyHistogram;
+    use crate::probe::abi;
     use crate::rates::{ProbeDrops, ProcessCounts};
 
     fn facts(tracked_limit: u32) -> DaemonFacts {
@@ -213,9 +215,10 @@ mod tests {
                     ..LatencyHistogram::default()
                 },
             }],
-            drops: ProbeDrops {
-                process_map_full: 3,
-                ..ProbeDrops::default()
+            drops: {
+                let mut drops = ProbeDrops::default();
+                drops.0[abi::DROP_PROCESS_MAP_FULL] = 3;
+                drops
             },
             awaiting_connections: 4,
         };

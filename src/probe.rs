@@ -12,46 +12,16 @@ use aya::{Ebpf, EbpfLoader};
 use log::{debug, info, warn};
 
 use crate::cli::HookChoice;
-use crate::latency::{self, LatencyHistogram};
+use crate::latency::LatencyHistogram;
 use crate::rates::{CounterSnapshot, ProbeDrops, ProcessCounts};
+
+pub mod abi;
+
+use abi::{RawAwaiting, RawLatencyStats, RawProcessCounts};
 
 /// The compiled probe, built by build.rs from probe/http_stats.bpf.c.
 static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http_stats.bpf.o"));
-
-/// Mirrors `MAX_CODES_PER_PROCESS` in probe/http_stats.h.
-const MAX_CODES_PER_PROCESS: usize = 32;
-/// Mirrors `DROP_REASONS` in probe/http_stats.h.
-const DROP_REASONS: u32 = 7;
-
-/// Mirrors `struct process_counts` in probe/http_stats.h.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RawProcessCounts {
-    first_seen_ns: u64,
-    requests: u64,
-    untracked_responses: u64,
-    codes: [u32; MAX_CODES_PER_PROCESS],
-    responses: [u64; MAX_CODES_PER_PROCESS],
-    comm: [u8; 16],
-}
-
-// SAFETY: RawProcessCounts is repr(C), made only of integers with no padding
-// (8+8+8+128+256+16 bytes), so any bit pattern the kernel writes is valid.
-unsafe impl aya::Pod for RawProcessCounts {}
-
-/// Mirrors `struct latency_stats` in probe/http_stats.h.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RawLatencyStats {
-    sum_ns: u64,
-    le: [u64; latency::BOUNDS.len() + 1],
-    fine: [u32; latency::FINE_BUCKETS],
-}
-
-// SAFETY: repr(C), integers only, no padding (8 + 120 + 1600 bytes): any bit
-// pattern is valid.
-unsafe impl aya::Pod for RawLatencyStats {}
 
 /// (program, tracepoint category, tracepoint names it is attached to).
 type Hook = (&'static str, &'static str, &'static [&'static str]);
@@ -192,20 +162,6 @@ pub struct Probe {
     /// Why this path: forced, or what auto found.
     pub hook_reason: String,
 }
-
-/// Mirrors `struct awaiting` in the probe; only its keys are counted.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RawAwaiting {
-    tgid: u32,
-    head: u32,
-    tail: u32,
-    pad: u32,
-    read_ns: [u64; 16],
-}
-
-// SAFETY: repr(C), integers only, no padding (16 + 128 bytes).
-unsafe impl aya::Pod for RawAwaiting {}
 
 /// Capabilities that let a non-root process load and attach the probe
 /// (bit numbers from linux/capability.h).
@@ -397,24 +353,17 @@ impl Probe {
             }
         }
         processes.sort_by_key(|p| p.pid);
-        let drop = |reason: u32| -> u64 {
-            self.probe_drops
+        let mut drops = ProbeDrops::default();
+        for (reason, total) in (0u32..).zip(drops.0.iter_mut()) {
+            *total = self
+                .probe_drops
                 .get(&reason, 0)
                 .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
-        debug_assert_eq!(DROP_REASONS, 7);
+                .unwrap_or(0);
+        }
         CounterSnapshot {
             processes,
-            drops: ProbeDrops {
-                process_map_full: drop(0),
-                syscall_table_full: drop(1),
-                message_limit: drop(2),
-                segment_limit: drop(3),
-                awaiting_full: drop(4),
-                pipeline_depth: drop(5),
-                unsupported_syscall: drop(6),
-            },
+            drops,
             awaiting_connections: self.awaiting_response.keys().filter(Result::is_ok).count()
                 as u64,
         }
@@ -466,13 +415,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raw_layout_matches_the_c_struct() {
-        assert_eq!(std::mem::size_of::<RawProcessCounts>(), 424);
-        assert_eq!(std::mem::size_of::<RawLatencyStats>(), 1728);
-        assert_eq!(std::mem::size_of::<RawAwaiting>(), 144);
-    }
-
-    #[test]
     fn hook_plans() {
         assert_eq!(plan(HookChoice::Auto, true), Ok((HookPath::Socket, true)));
         assert_eq!(
@@ -513,9 +455,9 @@ mod tests {
             first_seen_ns: 9,
             requests: 3,
             untracked_responses: 1,
-            codes: [0; MAX_CODES_PER_PROCESS],
-            responses: [0; MAX_CODES_PER_PROCESS],
-            comm: [0; 16],
+            codes: [0; abi::MAX_CODES_PER_PROCESS],
+            responses: [0; abi::MAX_CODES_PER_PROCESS],
+            comm: [0; abi::COMM_LEN],
         };
         raw.codes[0] = 200;
         raw.responses[0] = 2;

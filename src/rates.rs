@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::latency::LatencyHistogram;
+use crate::probe::abi::{DropReason, DROP_REASONS};
 
 /// Cumulative counts of one process, as read from the kernel.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -23,32 +24,19 @@ pub struct ProcessCounts {
     pub latency: LatencyHistogram,
 }
 
-/// Things the probe saw but could not count, cumulative since it was loaded.
+/// Things the probe saw but could not count, cumulative since it was loaded:
+/// one counter per reason of probe/http_stats.h, indexed like
+/// [`DROP_REASONS`] (`abi::DROP_<NAME>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ProbeDrops {
-    pub process_map_full: u64,
-    pub syscall_table_full: u64,
-    pub message_limit: u64,
-    pub segment_limit: u64,
-    pub awaiting_full: u64,
-    pub pipeline_depth: u64,
-    pub unsupported_syscall: u64,
-}
+pub struct ProbeDrops(pub [u64; DROP_REASONS.len()]);
 
 impl ProbeDrops {
-    pub const REASONS: usize = 7;
+    pub const REASONS: usize = DROP_REASONS.len();
 
-    /// (metric label, count) pairs, in a fixed order.
-    pub fn by_reason(&self) -> [(&'static str, u64); Self::REASONS] {
-        [
-            ("process_map_full", self.process_map_full),
-            ("syscall_table_full", self.syscall_table_full),
-            ("message_limit", self.message_limit),
-            ("segment_limit", self.segment_limit),
-            ("awaiting_table_full", self.awaiting_full),
-            ("pipeline_depth", self.pipeline_depth),
-            ("unsupported_syscall", self.unsupported_syscall),
-        ]
+    /// (reason, count) pairs, in the probe's order.
+    pub fn by_reason(&self) -> impl Iterator<Item = (&'static DropReason, u64)> {
+        let reasons: &'static [DropReason; Self::REASONS] = &DROP_REASONS;
+        reasons.iter().zip(self.0)
     }
 }
 
