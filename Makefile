@@ -79,7 +79,7 @@ lint: deps
 	cargo clippy --locked --all-targets -- -D warnings
 
 unit: deps
-	cargo test --locked --bins
+	cargo test --locked --lib --bins
 
 # Suites whose counts depend on the hook path: run once per path (issue 9).
 PATH_SUITES := --test counting --test report --test latency --test limits
