@@ -87,7 +87,7 @@ static void print_fine_bucket_samples(void)
 			samples[n++] = edge;
 		}
 	}
-	printf("pub const FINE_BUCKET_SAMPLES: [(u64, usize); %zu] = [\n", n);
+	printf("pub static FINE_BUCKET_SAMPLES: [(u64, usize); %zu] = [\n", n);
 	for (size_t i = 0; i < n; i++)
 		printf("    (%llu, %u),\n", (unsigned long long)samples[i], fine_bucket(samples[i]));
 	printf("];\n");

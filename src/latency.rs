@@ -47,8 +47,9 @@ pub fn fine_bucket_range_ns(i: usize) -> (u64, u64) {
     (low << UNIT_SHIFT, (low + width) << UNIT_SHIFT)
 }
 
-/// The fine bucket the probe puts `ns` in (the probe's `fine_bucket()`).
-#[cfg(test)] // the probe computes it; tests check the two agree on ranges
+/// The fine bucket the probe puts `ns` in: the twin of `fine_bucket()` in
+/// probe/latency.h, which a test below compares it with at every bucket edge.
+#[cfg(test)] // the probe computes it; the daemon only reads the buckets
 pub fn fine_bucket(ns: u64) -> usize {
     let u = ns >> UNIT_SHIFT;
     if u < SUB_BUCKETS {
@@ -158,6 +159,33 @@ mod tests {
             assert!(low <= ns && ns < high, "{ns} in [{low}, {high})");
         }
         assert_eq!(fine_bucket(u64::MAX), FINE_BUCKETS - 1);
+    }
+
+    /// `(ns, fine_bucket(ns))` computed by the probe's own C code
+    /// (probe/latency.h, built for the build host by build.rs): at and
+    /// around every bucket edge, 0 and the largest values.
+    mod probe {
+        include!(concat!(env!("OUT_DIR"), "/fine_bucket_samples.rs"));
+    }
+
+    #[test]
+    fn fine_bucket_is_the_probes() {
+        for &(ns, bucket) in probe::FINE_BUCKET_SAMPLES.iter() {
+            assert_eq!(fine_bucket(ns), bucket, "fine_bucket({ns})");
+        }
+    }
+
+    #[test]
+    fn the_probes_samples_cross_every_bucket_edge() {
+        let samples: std::collections::HashMap<u64, usize> =
+            probe::FINE_BUCKET_SAMPLES.iter().copied().collect();
+        for i in 1..FINE_BUCKETS {
+            let (low, _) = fine_bucket_range_ns(i);
+            assert_eq!(samples.get(&low), Some(&i), "low edge of bucket {i}");
+            assert_eq!(samples.get(&(low - 1)), Some(&(i - 1)), "below bucket {i}");
+        }
+        assert_eq!(samples.get(&0), Some(&0));
+        assert_eq!(samples.get(&u64::MAX), Some(&(FINE_BUCKETS - 1)));
     }
 
     #[test]
