@@ -15,7 +15,8 @@ mod daemon;
 mod process;
 mod prom;
 mod servers;
+mod unix_client;
 
 // Test files `use common::*`; each uses only some of these modules.
 #[allow(unused_imports)]
-pub use {client::*, daemon::*, process::*, prom::*, servers::*};
+pub use {client::*, daemon::*, process::*, prom::*, servers::*, unix_client::*};
