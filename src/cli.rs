@@ -1,10 +1,18 @@
 //! Command-line parsing: a pure function from arguments to what to do.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use log::LevelFilter;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/scope/plugins/http-statistics/http-statistics.sock";
+
+/// The port `--metrics-address` listens on when it names none. Prometheus's
+/// list of default exporter ports (its wiki, "Default port allocations") had
+/// 9100-9999 fully taken by 2023, new exporters going on from 10000; the
+/// live list could not be read where this was written, so this is a port
+/// above the ones known taken then, to be registered there before a release.
+pub const DEFAULT_METRICS_PORT: u16 = 10230;
 
 /// Default bound of the kernel's per-process table (process_counts).
 pub const DEFAULT_MAX_PROCESSES: u32 = 16384;
@@ -27,6 +35,11 @@ Options:
                          socket: sock_recv_length/sock_send_length (Linux 6.3+), costs
                          nothing to I/O that is not on a socket; syscalls: syscall
                          tracepoints, for older kernels. auto takes socket when it can.
+  --metrics-address HOST[:PORT]
+                         Also serve GET /metrics (only) over TCP, for Prometheus: an IP
+                         address and port, e.g. 0.0.0.0:10230, [::]:10230, :10230 (all
+                         IPv4 addresses) [default: off; port 10230, unregistered on
+                         Prometheus's default port list, where 9100-9999 is taken]
   --log-level LEVEL      error, warn, info or debug [default: info]
   -h, --help             Print this help and exit
   --healthcheck          Ask the daemon on --socket for its report and exit 0 when it
@@ -55,6 +68,8 @@ pub struct Config {
     pub max_processes: u32,
     pub hooks: HookChoice,
     pub log_level: LevelFilter,
+    /// Where to serve /metrics over TCP as well, if anywhere.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -81,6 +96,7 @@ where
         max_processes: DEFAULT_MAX_PROCESSES,
         hooks: HookChoice::Auto,
         log_level: LevelFilter::Info,
+        metrics_address: None,
     };
     let mut health_check = false;
     let mut args = args.into_iter().map(Into::into).peekable();
@@ -104,7 +120,9 @@ where
             "-V" | "--version" => return Ok(Command::Version),
             "--healthcheck" if !top => health_check = true,
             "--once" if top => once = true,
-            "--hostname" | "--max-processes" | "--hooks" | "--log-level" if top => {
+            "--hostname" | "--max-processes" | "--hooks" | "--log-level" | "--metrics-address"
+                if top =>
+            {
                 return Err(format!("top takes --socket and --once, not {name}"))
             }
             "--socket" => config.socket = PathBuf::from(value("--socket")?),
@@ -132,6 +150,9 @@ where
                         ))
                     }
                 };
+            }
+            "--metrics-address" => {
+                config.metrics_address = Some(metrics_address(&value("--metrics-address")?)?)
             }
             "--log-level" => {
                 let v = value("--log-level")?;
@@ -161,6 +182,39 @@ where
     Ok(Command::Run(config))
 }
 
+/// `HOST[:PORT]` with HOST an IP address (IPv6 in brackets when a port
+/// follows), or `:PORT` for every IPv4 address; the port defaults to
+/// [`DEFAULT_METRICS_PORT`]. Names are refused: what a name resolves to can
+/// change under a running daemon.
+fn metrics_address(v: &str) -> Result<SocketAddr, String> {
+    let bad = || {
+        format!(
+            "--metrics-address: {v:?} is not an IP address with an optional port \
+             (e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}, [::]:{DEFAULT_METRICS_PORT}, :{DEFAULT_METRICS_PORT})"
+        )
+    };
+    let address = if let Ok(ip) = v
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        SocketAddr::new(ip, DEFAULT_METRICS_PORT)
+    } else if let Some(port) = v.strip_prefix(':') {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port.parse().map_err(|_| bad())?,
+        )
+    } else {
+        v.parse::<SocketAddr>().map_err(|_| bad())?
+    };
+    if address.port() == 0 {
+        return Err(format!(
+            "--metrics-address: {v:?}: port 0 would be a different port each start"
+        ));
+    }
+    Ok(address)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +234,42 @@ mod tests {
         assert_eq!(c.max_processes, DEFAULT_MAX_PROCESSES);
         assert_eq!(c.hooks, HookChoice::Auto);
         assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!(c.metrics_address, None);
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        let table: [(&str, &str); 7] = [
+            ("127.0.0.1:9999", "127.0.0.1:9999"),
+            ("0.0.0.0", "0.0.0.0:10230"),
+            (":8080", "0.0.0.0:8080"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("::", "[::]:10230"),
+            ("[::]", "[::]:10230"),
+            ("10.1.2.3:1", "10.1.2.3:1"),
+        ];
+        for (arg, expected) in table {
+            let c = run(&["--metrics-address", arg]);
+            assert_eq!(c.metrics_address, Some(expected.parse().unwrap()), "{arg}");
+        }
+        for bad in [
+            "localhost:80",
+            "1.2.3.4:99999",
+            ":x",
+            "1.2.3.4:",
+            "[::1]80",
+            "1.2.3.4:0",
+        ] {
+            assert!(
+                parse(["--metrics-address", bad])
+                    .unwrap_err()
+                    .contains("--metrics-address"),
+                "{bad}"
+            );
+        }
+        assert!(parse(["--metrics-address"])
+            .unwrap_err()
+            .contains("needs a value"));
     }
 
     #[test]

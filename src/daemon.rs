@@ -14,7 +14,7 @@ use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
 use crate::server::{Page, PageSlot, SocketServer, MAX_CONNECTIONS};
 use crate::socket_path::{self, plugin_id};
-use crate::{fd_budget, metrics, report};
+use crate::{fd_budget, metrics, metrics_listener, report};
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// Fewest connections worth starting with (Scope needs one at a time).
@@ -132,6 +132,10 @@ pub fn run(config: Config) -> Result<(), String> {
     // Refuse an unusable socket path before the seconds the verifier takes,
     // and change nothing on disk until the probe is in.
     socket_path::check(&config.socket)?;
+    let metrics_listener = config
+        .metrics_address
+        .map(metrics_listener::bind)
+        .transpose()?;
     let probe = Probe::load(config.max_processes, config.hooks)?;
     info!(
         "probe attached on the {} path ({}), up to {} processes",
@@ -154,6 +158,7 @@ pub fn run(config: Config) -> Result<(), String> {
         0.0,
         &facts,
     );
+    let tcp_slot: PageSlot = Arc::new(Mutex::new(metrics_listener::metrics_only(&first)));
     let slot: PageSlot = Arc::new(Mutex::new(first));
     // Counted once the probe holds its maps, programs and links.
     let max_connections = fd_budget::connection_cap(
@@ -163,7 +168,17 @@ pub fn run(config: Config) -> Result<(), String> {
         MIN_CONNECTIONS,
     )?;
     debug!("serving at most {max_connections} connections at once");
-    let server = SocketServer::start(&config.socket, Arc::clone(&slot), max_connections)?;
+    // The TCP listener gets its own share, so that a flood of scrapers
+    // cannot take the connections Scope's polls need.
+    let (socket_connections, tcp_connections) = if metrics_listener.is_some() {
+        (max_connections - max_connections / 2, max_connections / 2)
+    } else {
+        (max_connections, 0)
+    };
+    let tcp_server = metrics_listener
+        .map(|l| metrics_listener::start(l, Arc::clone(&tcp_slot), tcp_connections))
+        .transpose()?;
+    let server = SocketServer::start(&config.socket, Arc::clone(&slot), socket_connections)?;
     info!("serving plugin {plugin_id:?} for host {hostname:?}");
 
     let mut episodes = DropEpisodes::default();
@@ -195,6 +210,13 @@ pub fn run(config: Config) -> Result<(), String> {
             elapsed,
             &facts,
         );
+        if tcp_server.is_some() {
+            let pages = metrics_listener::metrics_only(&rendered);
+            match tcp_slot.lock() {
+                Ok(mut s) => *s = pages,
+                Err(poisoned) => *poisoned.into_inner() = pages,
+            }
+        }
         match slot.lock() {
             Ok(mut s) => *s = rendered,
             Err(poisoned) => *poisoned.into_inner() = rendered,
@@ -202,6 +224,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     info!("stopping: removing {}", config.socket.display());
     drop(server);
+    drop(tcp_server);
     drop(probe);
     Ok(())
 }

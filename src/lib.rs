@@ -14,6 +14,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod latency;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod probe;
 pub mod rates;
 pub mod report;
