@@ -36,6 +36,14 @@ sock in c["args"] or fail("the socket must be under the plugins directory")
 for probe in ("livenessProbe", "readinessProbe"):
     cmd = c[probe]["exec"]["command"]
     cmd[:2] == ["/scope-http-statistics", "--healthcheck"] and sock in cmd or fail(f"{probe} must run --healthcheck")
+# Prometheus: the named port, the address the daemon listens on and the
+# scrape annotations must agree.
+ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+"metrics" in ports or fail("no containerPort named metrics")
+f"--metrics-address=0.0.0.0:{ports['metrics']}" in c["args"] or fail("--metrics-address must match the metrics port")
+notes = ds["spec"]["template"]["metadata"].get("annotations", {})
+notes.get("prometheus.io/scrape") == "true" or fail("prometheus.io/scrape must be \"true\"")
+notes.get("prometheus.io/port") == str(ports["metrics"]) or fail("prometheus.io/port must be the metrics port")
 for kind in ("requests", "limits"):
     set(c["resources"][kind]) >= {"cpu", "memory"} or fail(f"resources.{kind} needs cpu and memory")
-print("ok: DaemonSet fields: hostPID, BPF+PERFMON only, read-only root, mounts, probes, limits")
+print("ok: DaemonSet fields: hostPID, BPF+PERFMON only, read-only root, mounts, probes, limits, metrics port")
