@@ -40,7 +40,7 @@ Options:
                          address and port, e.g. 0.0.0.0:10230, [::]:10230, :10230 (all
                          IPv4 addresses) [default: off; port 10230, unregistered on
                          Prometheus's default port list, where 9100-9999 is taken]
-  --log-level LEVEL      error, warn, info or debug [default: info]
+  --log-level LEVEL      error, warn, info, debug or trace [default: info]
   -h, --help             Print this help and exit
   --healthcheck          Ask the daemon on --socket for its report and exit 0 when it
                          answers 200 within 500 ms, else 1 (for container probes)
@@ -164,7 +164,7 @@ where
                     "trace" => LevelFilter::Trace,
                     _ => {
                         return Err(format!(
-                            "--log-level: {v:?} is not one of error, warn, info, debug"
+                            "--log-level: {v:?} is not one of error, warn, info, debug, trace"
                         ))
                     }
                 };
@@ -289,6 +289,22 @@ mod tests {
     }
 
     #[test]
+    fn every_log_level_is_accepted_and_in_the_help() {
+        let levels = [
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+        ];
+        for (name, level) in levels {
+            assert_eq!(run(&["--log-level", name]).log_level, level, "{name}");
+            let help = USAGE.lines().find(|l| l.contains("--log-level")).unwrap();
+            assert!(help.contains(name), "--help does not name {name}: {help}");
+        }
+    }
+
+    #[test]
     fn hook_choices() {
         assert_eq!(run(&["--hooks", "socket"]).hooks, HookChoice::Socket);
         assert_eq!(run(&["--hooks=syscalls"]).hooks, HookChoice::Syscalls);
@@ -343,9 +359,10 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         assert!(parse(["--socket"]).unwrap_err().contains("needs a value"));
-        assert!(parse(["--log-level", "loud"])
-            .unwrap_err()
-            .contains("--log-level"));
+        assert_eq!(
+            parse(["--log-level", "loud"]),
+            Err(r#"--log-level: "loud" is not one of error, warn, info, debug, trace"#.to_string())
+        );
         assert!(parse(["--max-processes", "0"])
             .unwrap_err()
             .contains("--max-processes"));
