@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+// SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only)
 /*
  * Not part of the probe: a program for the build host. build.rs compiles it
  * with the same headers as the probe, runs it, and includes what it prints

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only) */
 /*
  * HTTP/1.x byte parsing: recognising a request or status line, matching
  * header names and reading Content-Length, on bytes already copied from the

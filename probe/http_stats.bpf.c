@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+// SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only)
 /*
  * scope-http-statistics probe: counts, per process, the HTTP/1.x requests it
  * reads from TCP sockets and the responses (by status code) it writes to them.

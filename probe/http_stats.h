@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only) */
 /*
  * What the probe shares with the daemon: the map values it reads, their
  * bounds, the latency boundaries and the drop reasons. This file is the one

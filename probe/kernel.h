@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only) */
 /*
  * What the probe knows about the kernel and the user ABI it reads: the few
  * kernel struct fields it follows (relocated by CO-RE at load time), the

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only) */
 /*
  * The latency histogram's arithmetic (layout and bounds in http_stats.h):
  * the fine log-linear bucket of a latency. Pure; src/latency.rs has the

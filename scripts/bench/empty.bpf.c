@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+// SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only)
 /*
  * Empty eBPF programs on the hooks of each path of the probe, for the
  * "empty-program floor" of scripts/bench.sh (part 4): what merely attaching
