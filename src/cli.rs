@@ -52,14 +52,7 @@ sort by requests/s, error %, p99; q quits); --once prints one table and exits.
 Needs root (or CAP_BPF and CAP_PERFMON). SIGINT/SIGTERM remove the socket and exit 0.
 ";
 
-/// Which hook path the probe uses (see probe/http_stats.bpf.c).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookChoice {
-    /// The socket layer when the kernel allows it, else syscall tracepoints.
-    Auto,
-    Socket,
-    Syscalls,
-}
+pub use crate::probe::HookChoice;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {

@@ -1,0 +1,125 @@
+//! Whether this host can run the probe, checked before anything is loaded:
+//! privileges, tracefs (mounted when missing) and kernel BTF.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+use log::info;
+
+/// Checks the host, in the order an operator would fix it; mounts tracefs
+/// when no tracefs is mounted. One line saying what is missing otherwise.
+pub(super) fn check_host() -> Result<(), String> {
+    check_privileges()?;
+    ensure_tracefs()?;
+    check_btf()
+}
+
+/// Capabilities that let a non-root process load and attach the probe
+/// (bit numbers from linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Whether the effective capability set (the hex `CapEff:` of
+/// /proc/self/status) allows loading the probe.
+fn capabilities_suffice(status: &str) -> bool {
+    let Some(caps) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+fn check_privileges() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if capabilities_suffice(&status) {
+        Ok(())
+    } else {
+        Err("not enough privileges to load the eBPF probe: run as root, or with CAP_BPF and CAP_PERFMON \
+             (CAP_SYS_ADMIN on kernels older than 5.8)"
+            .to_string())
+    }
+}
+
+/// The probe's CO-RE reads are relocated against the kernel's own BTF.
+fn check_btf() -> Result<(), String> {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Ok(());
+    }
+    Err(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): \
+         the probe needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+            .to_string(),
+    )
+}
+
+const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+fn tracefs_mounted() -> bool {
+    TRACEFS_MOUNTS
+        .iter()
+        .any(|m| Path::new(m).join("events").is_dir())
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when no tracefs is mounted: the
+/// tracepoints are attached through it, and many hosts do not mount it.
+fn ensure_tracefs() -> Result<(), String> {
+    if tracefs_mounted() {
+        return Ok(());
+    }
+    let target = TRACEFS_MOUNTS[0];
+    let c = |s: &str| CString::new(s).expect("static string without NUL");
+    let (source, dir, fstype) = (c("nodev"), c(target), c("tracefs"));
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the
+    // call; a null data argument is allowed for tracefs.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at {target} failed: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    info!("tracefs was not mounted: mounted it at {target}");
+    Ok(())
+}
+
+/// Whether tracefs lists the tracepoint (its `id` is what attaching reads).
+pub(super) fn tracepoint_exists(category: &str, name: &str) -> bool {
+    TRACEFS_MOUNTS.iter().any(|m| {
+        Path::new(m)
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("id")
+            .is_file()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_check() {
+        let status = |caps: &str| format!("Name:\tx\nCapInh:\t0\nCapEff:\t{caps}\n");
+        assert!(capabilities_suffice(&status("000001ffffffffff"))); // root
+        assert!(capabilities_suffice(&status("000000c000000000"))); // BPF + PERFMON
+        assert!(capabilities_suffice(&status("0000000000200000"))); // SYS_ADMIN
+        assert!(!capabilities_suffice(&status("0000008000000000"))); // BPF alone
+        assert!(!capabilities_suffice(&status("0000000000000000")));
+        assert!(!capabilities_suffice("garbage"));
+    }
+}
