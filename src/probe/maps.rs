@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 use log::warn;
 
@@ -33,40 +33,53 @@ impl ProbeMaps {
         })
     }
 
-    /// Reads every process's counters and the drop counters.
+    /// Reads every process's counters, the drop counters and the requests in
+    /// flight. A map that cannot be read is warned about once per snapshot,
+    /// which then misses what it could not read.
     pub(super) fn snapshot(&self) -> CounterSnapshot {
+        let mut failures = ReadFailures::default();
         // aya already skips entries that vanish between listing a key and
         // reading it (the process exited); anything else is a real failure.
         let mut processes = Vec::new();
-        let mut failures = 0;
         for entry in self.process_counts.iter() {
             match entry {
                 Ok((pid, raw)) => {
-                    let latency = self.latency_by_process.get(&pid, 0).ok();
+                    let latency = match self.latency_by_process.get(&pid, 0) {
+                        Ok(latency) => Some(latency),
+                        // No request answered yet, or the process just exited.
+                        Err(MapError::KeyNotFound) => None,
+                        Err(e) => {
+                            failures.note("latency_by_process", "latencies", e);
+                            None
+                        }
+                    };
                     processes.push(to_counts(pid, &raw, latency.as_ref()));
                 }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        warn!("reading the kernel's process table failed: {e}; this snapshot may miss processes");
-                    }
-                }
+                Err(e) => failures.note("process_counts", "processes", e),
             }
         }
         processes.sort_by_key(|p| p.pid);
         let mut drops = ProbeDrops::default();
         for (reason, total) in (0u32..).zip(drops.0.iter_mut()) {
-            *total = self
-                .probe_drops
-                .get(&reason, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
+            match self.probe_drops.get(&reason, 0) {
+                Ok(per_cpu) => *total = per_cpu.iter().sum(),
+                Err(e) => failures.note("probe_drops", "drop counts", e),
+            }
+        }
+        let mut awaiting_connections = 0;
+        for key in self.awaiting_response.keys() {
+            match key {
+                Ok(_) => awaiting_connections += 1,
+                Err(e) => failures.note("awaiting_response", "requests in flight", e),
+            }
+        }
+        for message in failures.messages() {
+            warn!("{message}");
         }
         CounterSnapshot {
             processes,
             drops,
-            awaiting_connections: self.awaiting_response.keys().filter(Result::is_ok).count()
-                as u64,
+            awaiting_connections,
         }
     }
 }
@@ -74,6 +87,41 @@ impl ProbeMaps {
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map, String> {
     ebpf.take_map(name)
         .ok_or_else(|| format!("the probe has no map {name}"))
+}
+
+/// The read errors of one snapshot: the first of each map, and how many.
+#[derive(Default)]
+struct ReadFailures {
+    /// (map, what the snapshot then misses, first error, count).
+    maps: Vec<(&'static str, &'static str, MapError, u32)>,
+}
+
+impl ReadFailures {
+    fn note(&mut self, map: &'static str, misses: &'static str, error: MapError) {
+        match self.maps.iter_mut().find(|(m, ..)| *m == map) {
+            Some((.., count)) => *count += 1,
+            None => self.maps.push((map, misses, error, 1)),
+        }
+    }
+
+    /// One line per map that failed.
+    fn messages(self) -> Vec<String> {
+        self.maps
+            .into_iter()
+            .map(|(map, misses, error, count)| {
+                let times = if count == 1 {
+                    String::new()
+                } else {
+                    format!(" {count} times")
+                };
+                let what = format!("reading the kernel's {map} map failed{times}");
+                format!(
+                    "{}; this snapshot may miss {misses}",
+                    describe(&what, &error)
+                )
+            })
+            .collect()
+    }
 }
 
 fn to_latency(raw: &RawLatencyStats) -> LatencyHistogram {
@@ -115,6 +163,23 @@ fn to_counts(pid: u32, raw: &RawProcessCounts, latency: Option<&RawLatencyStats>
 mod tests {
     use super::*;
     use crate::probe::abi;
+
+    #[test]
+    fn read_failures_are_one_line_per_map() {
+        let mut failures = ReadFailures::default();
+        failures.note("process_counts", "processes", MapError::ElementNotFound);
+        failures.note("latency_by_process", "latencies", MapError::ElementNotFound);
+        failures.note("process_counts", "processes", MapError::KeyNotFound);
+        assert_eq!(
+            failures.messages(),
+            [
+                "reading the kernel's process_counts map failed 2 times: element not found; \
+                 this snapshot may miss processes",
+                "reading the kernel's latency_by_process map failed: element not found; \
+                 this snapshot may miss latencies",
+            ]
+        );
+    }
 
     #[test]
     fn raw_counts_convert() {

@@ -36,7 +36,15 @@ fn capabilities_suffice(status: &str) -> bool {
 }
 
 fn check_privileges() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    privileges_verdict(std::fs::read_to_string("/proc/self/status"))
+}
+
+/// Whether the process may load the probe, from what reading
+/// /proc/self/status gave: a read failure is reported as that, not as a
+/// lack of privileges.
+fn privileges_verdict(status: io::Result<String>) -> Result<(), String> {
+    let status =
+        status.map_err(|e| format!("cannot read /proc/self/status to check privileges: {e}"))?;
     if capabilities_suffice(&status) {
         Ok(())
     } else {
@@ -121,5 +129,15 @@ mod tests {
         assert!(!capabilities_suffice(&status("0000008000000000"))); // BPF alone
         assert!(!capabilities_suffice(&status("0000000000000000")));
         assert!(!capabilities_suffice("garbage"));
+    }
+
+    #[test]
+    fn an_unreadable_status_is_reported_as_such() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let err = privileges_verdict(Err(denied)).unwrap_err();
+        assert!(
+            err.starts_with("cannot read /proc/self/status to check privileges: "),
+            "{err}"
+        );
     }
 }
