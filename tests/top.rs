@@ -314,6 +314,29 @@ fn quitting_restores_the_terminal() {
 }
 
 #[test]
+fn a_daemon_that_goes_away_is_shown_and_q_still_restores() {
+    let mut daemon = Daemon::start();
+    let term = Tmux::start(200, 20);
+    term.type_line(&format!("{}; echo EXIT=$?", top_command(&daemon.socket)));
+    term.wait_for("top's header", Duration::from_secs(10), |s| {
+        s.contains("PID COMMAND")
+    });
+    daemon.stop();
+    let screen = term.wait_for("the daemon gone", Duration::from_secs(10), |s| {
+        s.contains("cannot connect to the daemon on")
+    });
+    assert!(
+        screen.contains("PID COMMAND"),
+        "the table went away:\n{screen}"
+    );
+    term.press("q");
+    let screen = term.wait_for("the shell again", Duration::from_secs(5), |s| {
+        exit_line(s).is_some()
+    });
+    assert_eq!(exit_line(&screen), Some("EXIT=0"), "{screen}");
+}
+
+#[test]
 fn once_through_a_pipe_prints_one_plain_table() {
     let host = busy_host();
     // Let the load run for a snapshot or two first.
