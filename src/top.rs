@@ -270,6 +270,27 @@ impl SortKey {
     }
 }
 
+/// What a key typed in the live view does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAction {
+    Quit,
+    Sort(SortKey),
+}
+
+/// The actions of the bytes one read of the terminal returned: `q` (or the
+/// Ctrl-C byte) quits, `r`/`e`/`p` sort. From an escape byte on, the rest of
+/// the read is a key sequence (arrows, F1 = ESC O P) and does nothing.
+pub fn key_actions(bytes: &[u8]) -> Vec<KeyAction> {
+    bytes
+        .iter()
+        .take_while(|&&b| b != 0x1b)
+        .filter_map(|&b| match b {
+            b'q' | b'Q' | 0x03 => Some(KeyAction::Quit),
+            other => SortKey::from_key(other).map(KeyAction::Sort),
+        })
+        .collect()
+}
+
 /// Sorts busiest first by `key`; ties by requests/s, then pid, so that the
 /// order is stable from one second to the next. Missing values sort last.
 pub fn sort_rows(rows: &mut [Row], key: SortKey) {
@@ -806,14 +827,12 @@ fn live(socket: &Path) -> Result<(), String> {
             dirty = false;
         }
         let wait = next_fetch.saturating_duration_since(Instant::now());
-        for byte in read_keys(wait) {
-            match byte {
-                b'q' | b'Q' | 0x03 => stop.store(true, Ordering::Relaxed),
-                other => {
-                    if let Some(k) = SortKey::from_key(other) {
-                        key = k;
-                        dirty = true;
-                    }
+        for action in key_actions(&read_keys(wait)) {
+            match action {
+                KeyAction::Quit => stop.store(true, Ordering::Relaxed),
+                KeyAction::Sort(k) => {
+                    key = k;
+                    dirty = true;
                 }
             }
         }
@@ -1007,6 +1026,22 @@ scope_http_statistics_snapshot_timestamp_seconds 1700000000.25
         assert_eq!(SortKey::from_key(b'e'), Some(SortKey::Errors));
         assert_eq!(SortKey::from_key(b'P'), Some(SortKey::P99));
         assert_eq!(SortKey::from_key(b'x'), None);
+    }
+
+    #[test]
+    fn keys_become_actions_and_escape_sequences_nothing() {
+        use KeyAction::*;
+        let table: [(&[u8], Vec<KeyAction>); 6] = [
+            (b"q", vec![Quit]),
+            (b"\x03", vec![Quit]),
+            (b"ep", vec![Sort(SortKey::Errors), Sort(SortKey::P99)]),
+            (b"x", vec![]),
+            (b"\x1bOP", vec![]),
+            (b"r\x1b[A", vec![Sort(SortKey::Requests)]),
+        ];
+        for (bytes, expected) in table {
+            assert_eq!(key_actions(bytes), expected, "{bytes:?}");
+        }
     }
 
     #[test]
