@@ -336,6 +336,28 @@ fn every_dashboard_query_returns_data_for_real_traffic() {
                 "panel {:?}: {expr:?} returned no data",
                 panel["title"]
             );
+            // Panels by class or code show the classes and codes sent
+            // (the server's, and maybe other node processes' on the host).
+            for label in ["class", "code"] {
+                if expr.contains(&format!("sum by ({label})")) {
+                    let shown: BTreeSet<&str> = result
+                        .iter()
+                        .filter_map(|(labels, _)| labels.get(label).map(String::as_str))
+                        .collect();
+                    let sent: &[&str] = if label == "class" {
+                        &["2xx", "4xx", "5xx"]
+                    } else {
+                        &["200", "404", "500"]
+                    };
+                    for want in sent {
+                        assert!(
+                            shown.contains(want),
+                            "panel {:?}: no {label} {want} in {shown:?}",
+                            panel["title"]
+                        );
+                    }
+                }
+            }
             // Per-process panels show the server under load.
             if expr.contains("pid") {
                 let ours: Vec<_> = result
