@@ -6,6 +6,8 @@
 //! line, by `main`, and nothing matches on a kind of error to recover from
 //! it; so each layer adds its context to the message (`format!("cannot X:
 //! {e}")`) rather than wrapping an error type no caller would look into.
+//! Where a library error carries a source chain (aya's), it is flattened
+//! into the message where it arises (`probe::describe`).
 
 pub mod cli;
 pub mod daemon;
