@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: (BSD-2-Clause OR GPL-2.0-only)
 /*
  * Not part of the probe: a program for the build host. build.rs compiles it
- * with the same headers as the probe, runs it, and includes what it prints
- * (Rust) in src/probe/abi.rs, so the daemon takes the probe's constants,
- * layouts, drop reasons and fine_bucket() results from the C side itself.
+ * with the same headers as the probe and runs it; what it prints (Rust) is
+ * included in src/probe/abi.rs (the probe's constants, layouts and drop
+ * reasons) and in src/latency.rs's tests (fine_bucket() results), so the
+ * daemon takes them from the C side itself.
  * The header's _Static_asserts hold here as on the BPF target, so the host's
  * numbers are the probe's.
  */
