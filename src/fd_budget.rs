@@ -6,6 +6,8 @@
 
 use std::io;
 
+use log::warn;
+
 /// Descriptors kept free besides those open when the cap is sized: the
 /// listener, the one accept(2) needs to take a connection before the worker
 /// sheds another, and what start-up or the snapshot loop may open for a
@@ -28,7 +30,8 @@ fn open_files_limit() -> io::Result<libc::rlimit> {
 /// Raises the soft open-files limit to the hard one (systemd's default soft
 /// limit is 1024, for select(2)'s sake; this daemon uses poll(2)). Returns
 /// the soft limit in force afterwards, and the one before when it was
-/// raised.
+/// raised. Failing to raise it (a seccomp filter, say) is only a warning:
+/// the connection cap is then sized from the limit as it is.
 pub fn raise_open_files_limit() -> Result<(u64, Option<u64>), String> {
     let limit = open_files_limit().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
     if limit.rlim_cur >= limit.rlim_max {
@@ -41,12 +44,13 @@ pub fn raise_open_files_limit() -> Result<(u64, Option<u64>), String> {
     // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the
     // hard one needs no privilege.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-        return Err(format!(
-            "cannot raise RLIMIT_NOFILE from {} to {}: {}",
+        warn!(
+            "cannot raise the open-files limit from {} to {} ({}): serving fewer connections",
             limit.rlim_cur,
             limit.rlim_max,
             io::Error::last_os_error()
-        ));
+        );
+        return Ok((limit.rlim_cur, None));
     }
     Ok((limit.rlim_max, Some(limit.rlim_cur)))
 }
