@@ -20,20 +20,10 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-mkdir -p "$work/nginx/logs" "$work/www"
-chmod 755 "$work" "$work/www" # nginx workers run as an unprivileged user
-echo hello >"$work/www/index.html"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/tmp;
-    server { listen 127.0.0.1:$port; root $work/www; }
-}
-CONF
+mkdir -p "$work/nginx/logs" "$work/nginx/html"
+chmod 755 "$work" "$work/nginx" "$work/nginx/html" # nginx workers run as an unprivileged user
+echo hello >"$work/nginx/html/index.html"
+sed -e "s|@PREFIX@|$work/nginx|g" -e "s|@PORT@|$port|g" tests/fixtures/nginx.conf.in >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
 

@@ -103,21 +103,11 @@ map_entries() {
 }
 
 # --- steady load: nginx + wrk ----------------------------------------------
-mkdir -p "$work/nginx/logs" "$work/www"
-chmod 755 "$work/www"
-head -c 512 /dev/zero | tr '\0' 'x' >"$work/www/index.html"
+mkdir -p "$work/nginx/logs" "$work/nginx/html"
+chmod 755 "$work/nginx" "$work/nginx/html"
+head -c 512 /dev/zero | tr '\0' 'x' >"$work/nginx/html/index.html"
 port=$(free_port)
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/tmp;
-    server { listen 127.0.0.1:$port; root $work/www; }
-}
-CONF
+sed -e "s|@PREFIX@|$work/nginx|g" -e "s|@PORT@|$port|g" tests/fixtures/nginx.conf.in >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' 2>"$work/nginx.err" &
 nginx_pid=$!
 for _ in $(seq 1 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done

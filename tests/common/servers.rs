@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
@@ -108,6 +108,11 @@ fn write_file(path: &Path, contents: &str) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// A file under tests/fixtures/ (servers and configs shared with scripts/).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+}
+
 /// The body every static server serves at `/`.
 pub const INDEX_HTML: &str = "<html><body>hello from the test server</body></html>\n";
 
@@ -132,21 +137,10 @@ pub fn start_python_http10() -> Server {
 
 /// python's http.server with `protocol_version = "HTTP/1.1"`: keep-alive.
 pub fn start_python_http11() -> Server {
-    const SCRIPT: &str = r#"
-import functools, http.server
-class Handler(http.server.SimpleHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(
-    ("127.0.0.1", 0), functools.partial(Handler, directory="www"))
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
     let dir = TempDir::new("py11");
     write_file(&dir.path().join("www/index.html"), INDEX_HTML);
     let mut command = Command::new(python());
-    command.args(["-u", "-c", SCRIPT]);
+    command.arg("-u").arg(fixture("http11_server.py"));
     Server::spawn_printing_port(command, dir, "python HTTP/1.1 server")
 }
 
@@ -155,38 +149,13 @@ server.serve_forever()
 pub const SPLIT_BODY: &str = "hello, split world\n";
 
 pub fn start_python_split_writer() -> Server {
-    const SCRIPT: &str = r#"
-import socket, sys, threading, time
-body = sys.argv[1].encode()
-def serve(conn):
-    with conn:
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                buf += data
-            head, buf = buf.split(b"\r\n\r\n", 1)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body))
-            time.sleep(0.02)
-            conn.sendall(body[:5])
-            time.sleep(0.02)
-            conn.sendall(body[5:])
-            if b"connection: close" in head.lower():
-                return
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", 0))
-listener.listen(64)
-print(listener.getsockname()[1], flush=True)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"#;
     let dir = TempDir::new("pysplit");
     let mut command = Command::new(python());
-    command.args(["-u", "-c", SCRIPT, SPLIT_BODY]);
+    command.args([
+        "-u".as_ref(),
+        fixture("split_writer.py").as_os_str(),
+        SPLIT_BODY.as_ref(),
+    ]);
     Server::spawn_printing_port(command, dir, "python split-write server")
 }
 
@@ -195,42 +164,9 @@ while True:
 /// requests to `/iov`, a single `sendmsg` whose iovecs are each response's
 /// head and body (nginx, by contrast, writes one response per writev).
 pub fn start_python_batching_writer() -> Server {
-    const SCRIPT: &str = r#"
-import socket, threading
-body = b"batched\n"
-head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
-def serve(conn):
-    with conn:
-        buf = b""
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            buf += data
-            n = buf.count(b"\r\n\r\n")  # GETs without bodies only
-            if n == 0:
-                continue
-            end = buf.rfind(b"\r\n\r\n") + 4
-            batch, buf = buf[:end], buf[end:]
-            if batch.startswith(b"GET /iov "):
-                sent = conn.sendmsg([part for _ in range(n) for part in (head, body)])
-                assert sent == n * (len(head) + len(body)), sent
-            else:
-                conn.sendall((head + body) * n)
-            if b"connection: close" in batch.lower():
-                return
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", 0))
-listener.listen(64)
-print(listener.getsockname()[1], flush=True)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"#;
     let dir = TempDir::new("pybatch");
     let mut command = Command::new(python());
-    command.args(["-u", "-c", SCRIPT]);
+    command.arg("-u").arg(fixture("batching_writer.py"));
     Server::spawn_printing_port(command, dir, "python batching server")
 }
 
@@ -242,38 +178,9 @@ while True:
 /// - anything else (any method): reads the whole request body, answers 200
 ///   with `ok <body length>`.
 pub fn start_node() -> Server {
-    const SCRIPT: &str = r#"
-const http = require('http');
-const server = http.createServer((req, res) => {
-  let m;
-  if ((m = /^\/status\/(\d{3})$/.exec(req.url))) {
-    res.writeHead(Number(m[1]));
-    res.end();
-  } else if (req.url === '/split') {
-    res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': '2' });
-    res.write('a');
-    setTimeout(() => res.end('b'), 10);
-  } else if (req.url === '/echo') {
-    const chunks = [];
-    req.on('data', (chunk) => chunks.push(chunk));
-    req.on('end', () => {
-      const body = Buffer.concat(chunks);
-      res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': String(body.length) });
-      res.end(body);
-    });
-  } else if ((m = /^\/delay\/(\d+)$/.exec(req.url))) {
-    setTimeout(() => res.end('late'), Number(m[1]));
-  } else {
-    let length = 0;
-    req.on('data', (chunk) => { length += chunk.length; });
-    req.on('end', () => res.end('ok ' + length));
-  }
-});
-server.listen(0, '127.0.0.1', () => console.log(server.address().port));
-"#;
     let dir = TempDir::new("node");
     let mut command = Command::new("node");
-    command.args(["-e", SCRIPT]);
+    command.arg(fixture("server.js"));
     Server::spawn_printing_port(command, dir, "node http server")
 }
 
@@ -287,26 +194,10 @@ pub fn start_nginx() -> Server {
     // The port is only free until someone else takes it: retry on bind errors.
     for _attempt in 0..5 {
         let port = free_port();
-        let config = format!(
-            "worker_processes 1;\n\
-             pid {root}/nginx.pid;\n\
-             error_log {root}/logs/error.log warn;\n\
-             events {{ worker_connections 128; }}\n\
-             http {{\n\
-               access_log off;\n\
-               client_body_temp_path {root}/tmp_body;\n\
-               proxy_temp_path {root}/tmp_proxy;\n\
-               fastcgi_temp_path {root}/tmp_fastcgi;\n\
-               uwsgi_temp_path {root}/tmp_uwsgi;\n\
-               scgi_temp_path {root}/tmp_scgi;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 root {root}/html;\n\
-                 location / {{ }}\n\
-               }}\n\
-             }}\n",
-            root = root.display()
-        );
+        let config = fs::read_to_string(fixture("nginx.conf.in"))
+            .expect("read tests/fixtures/nginx.conf.in")
+            .replace("@PREFIX@", &root.display().to_string())
+            .replace("@PORT@", &port.to_string());
         let config_path = root.join("nginx.conf");
         write_file(&config_path, &config);
         let mut child = Command::new("nginx")
