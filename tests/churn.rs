@@ -36,6 +36,7 @@ fn serial() -> MutexGuard<'static, ()> {
 const CHURN_COMM: &str = "shs-churn";
 const TRACKED: &str = "scope_http_statistics_tracked_processes";
 const TRACKED_LIMIT: &str = "scope_http_statistics_tracked_processes_limit";
+const SNAPSHOT_TIME: &str = "scope_http_statistics_snapshot_timestamp_seconds";
 /// Exit of a process → its series gone: the probe deletes the entry at exit,
 /// the next snapshot (at most 1 s later) leaves it out.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -168,7 +169,10 @@ impl Page {
                 .rsplit_once(' ')
                 .unwrap_or_else(|| panic!("metrics line {line:?}"));
             let Some((name, labels)) = series.split_once('{') else {
-                page.gauges.insert(series.to_string(), whole(value, line));
+                // The counts are whole; the snapshot's timestamp is not.
+                if series != SNAPSHOT_TIME {
+                    page.gauges.insert(series.to_string(), whole(value, line));
+                }
                 continue;
             };
             let labels = labels.strip_suffix('}').unwrap_or(labels);
