@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -652,41 +652,216 @@ impl Drop for Load {
     }
 }
 
-fn count_of(done: &[u32], ms: u32) -> u64 {
-    done.iter().filter(|&&d| d == ms).count() as u64
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
 
-#[test]
-fn twenty_ms_responses_are_counted_exactly_and_reported_within_ten_percent() {
-    let _serial = serial();
+/// A stream of requests to the sleep server and where its latencies must
+/// land: first `sequential` requests one after the other on one keep-alive
+/// connection, then a stream from `threads` connections in parallel, watched
+/// in /report interval by interval, then the cumulative histogram again.
+struct LatencyStream {
+    what: &'static str,
+    /// (sleep in ms, requests) sent one after the other first, if any.
+    sequential: Option<(u32, u64)>,
+    /// Client connections of the parallel stream.
+    threads: usize,
+    /// The sleep of the stream's request i; None once the plan is done.
+    plan: fn(usize) -> Option<u32>,
+    /// A finite plan's requests by sleep: it is watched until 85% of them
+    /// were sent (before the tail, where only slow requests are still
+    /// running), then waited for in full. Empty: the plan never ends, the
+    /// stream is stopped once watched.
+    planned: &'static [(u32, u64)],
+    /// The longest the stream is watched in /report.
+    watch_for: Duration,
+    /// Bounds, in ms, of p50 and p99 in most intervals.
+    p50_ms: (f64, f64),
+    p99_ms: (f64, f64),
+    /// Whether `_sum` is checked after the stream too (not only after the
+    /// sequential requests).
+    sum_after_stream: bool,
+}
+
+/// The bucket each sleep lands in, and the most a request sleeping it may
+/// take in the `_sum` checks: the sleep plus python's parsing (well under a
+/// millisecond) plus scheduling jitter. `time.sleep` never returns early,
+/// and every sleep is well inside its bucket.
+fn bucket_of(sleep_ms: u32) -> (f64, f64) {
+    match sleep_ms {
+        // (0.01, 0.025]
+        20 => (0.025, 0.030),
+        // Strictly more than 0.1 s, so never in le="0.1" (an inclusive bound)
+        // as long as the bucket counters compare exact nanoseconds.
+        100 => (0.25, 0.110),
+        200 => (0.25, 0.300),
+        _ => panic!("no bucket for a sleep of {sleep_ms} ms"),
+    }
+}
+
+/// "30 × 20 ms + 3 × 200 ms"
+fn describe(requests: &BTreeMap<u32, u64>) -> String {
+    requests
+        .iter()
+        .map(|(ms, n)| format!("{n} × {ms} ms"))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Waits for the exact histogram of `requests` (requests by sleep) and, if
+/// `check_sum`, checks `_sum` against their sleeps.
+fn assert_latencies(daemon: &Daemon, pid: u32, requests: &BTreeMap<u32, u64>, check_sum: bool) {
+    let what = describe(requests);
+    let classes: Vec<(f64, u64)> = requests
+        .iter()
+        .map(|(&ms, &n)| (bucket_of(ms).0, n))
+        .collect();
+    wait_for_histogram(daemon, &what, pid, &Histogram::expect(&classes));
+    if check_sum {
+        let low = requests
+            .iter()
+            .map(|(&ms, &n)| n as f64 * ms as f64 / 1000.0);
+        let high = requests.iter().map(|(&ms, &n)| n as f64 * bucket_of(ms).1);
+        assert_sum_between(daemon, &what, pid, low.sum(), high.sum());
+    }
+}
+
+/// What a [`LatencyStream`] leaves for further checks.
+struct StreamRun {
+    daemon: Daemon,
+    server: PyServer,
+    node_id: String,
+    /// The last /report that had latency metrics.
+    report: Value,
+    /// The connection of the sequential requests, still open.
+    sequential_conn: Option<Conn>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn run_stream(stream: &LatencyStream) -> StreamRun {
+    let serial = serial();
     let daemon = Daemon::start();
     let server = start_sleep_server();
     let node_id = daemon.node_id(server.pid);
 
-    // 30 sequential requests on one keep-alive connection.
-    let mut conn = Conn::open(server.port);
-    for _ in 0..30 {
-        assert_eq!(conn.get("/sleep/20"), vec![200]);
+    let mut requests = BTreeMap::new();
+    let sequential_conn = stream.sequential.map(|(ms, n)| {
+        let mut conn = Conn::open(server.port);
+        for _ in 0..n {
+            assert_eq!(conn.get(&format!("/sleep/{ms}")), vec![200]);
+        }
+        requests.insert(ms, n);
+        assert_latencies(&daemon, server.pid, &requests, true);
+        conn
+    });
+
+    let load = Load::start(server.port, stream.threads, stream.plan);
+    let planned: u64 = stream.planned.iter().map(|(_, n)| n).sum();
+    let (intervals, report) = observe_quantiles(
+        &daemon,
+        &node_id,
+        Duration::from_millis(1200),
+        stream.watch_for,
+        |intervals| {
+            intervals.len() >= 3 || (planned > 0 && load.started() as u64 >= planned * 85 / 100)
+        },
+    );
+    let done = if planned > 0 {
+        load.join()
+    } else {
+        load.finish()
+    };
+    let mut streamed = BTreeMap::new();
+    for ms in done {
+        *streamed.entry(ms).or_insert(0) += 1;
     }
-    // Each took 20 ms (time.sleep never returns early) plus python's parsing
-    // (well under 1 ms): all in (0.01, 0.025].
-    wait_for_histogram(
-        &daemon,
-        "30 × 20 ms",
-        server.pid,
-        &Histogram::expect(&[(0.025, 30)]),
+    if planned > 0 {
+        assert_eq!(
+            streamed,
+            stream.planned.iter().copied().collect(),
+            "{}: requests answered, by sleep",
+            stream.what
+        );
+    }
+    assert!(
+        intervals.len() >= 2,
+        "node {node_id} showed latency in only {} full interval(s) of the {}: {intervals:?}",
+        intervals.len(),
+        stream.what
     );
-    assert_sum_between(
-        &daemon,
-        "30 × 20 ms",
-        server.pid,
-        30.0 * 0.020,
-        30.0 * 0.030,
-    );
+    assert_quantiles(stream.what, &intervals, stream.p50_ms, stream.p99_ms);
+
+    // The cumulative histogram has the stream too, still exactly.
+    for (ms, n) in streamed {
+        *requests.entry(ms).or_insert(0) += n;
+    }
+    assert_latencies(&daemon, server.pid, &requests, stream.sum_after_stream);
+    StreamRun {
+        daemon,
+        server,
+        node_id,
+        report,
+        sequential_conn,
+        _serial: serial,
+    }
+}
+
+/// 30 sequential requests, then a steady stream of 20 ms requests on one
+/// connection (~45 per interval). The true latency of every request is
+/// 20 ms + python's overhead (~0.1-1 ms) + scheduling jitter, so the true
+/// median is in [20, ~21] ms: within 10% of it means [18, ~23.1]; we allow up
+/// to 24. The p99 of ~45 samples is about the interval's maximum, which a
+/// scheduling hiccup may push a few ms higher: up to ~23.5 ms true, ~26 ms
+/// reported.
+const TWENTY_MS: LatencyStream = LatencyStream {
+    what: "20 ms stream",
+    sequential: Some((20, 30)),
+    threads: 1,
+    plan: |_| Some(20),
+    planned: &[],
+    watch_for: Duration::from_secs(6),
+    p50_ms: (18.0, 24.0),
+    p99_ms: (18.0, 26.0),
+    sum_after_stream: true,
+};
+
+/// 10 sequential requests, then two connections in parallel, ~20 samples per
+/// interval. True latency is 100 ms + ~0.1-1 ms (+ jitter): within 10% is
+/// [90, ~111].
+const HUNDRED_MS: LatencyStream = LatencyStream {
+    what: "100 ms stream",
+    sequential: Some((100, 10)),
+    threads: 2,
+    plan: |_| Some(100),
+    planned: &[],
+    watch_for: Duration::from_secs(6),
+    p50_ms: (90.0, 112.0),
+    p99_ms: (90.0, 115.0),
+    sum_after_stream: false,
+};
+
+/// 12 rounds of 100 requests: in every 10 consecutive requests, 9 sleep
+/// 20 ms and 1 sleeps 200 ms. 10 client threads (connections) take them in
+/// turn, so the kinds interleave and every one-second interval holds ~240
+/// fast and ~26 slow responses: p50 is a fast one and p99 a slow one (10% of
+/// the samples are slow, far more than 1%). Fast: 20 ms + overhead, within
+/// 10% → [18, ~23]; slow: 200 ms + overhead, within 10% → [180, ~222].
+const NINETY_TEN_MIX: LatencyStream = LatencyStream {
+    what: "90/10 mix",
+    sequential: None,
+    threads: 10,
+    plan: |i| (i < 1200).then_some(if i % 10 == 7 { 200 } else { 20 }),
+    planned: &[(20, 1080), (200, 120)],
+    watch_for: Duration::from_secs(10),
+    p50_ms: (18.0, 24.0),
+    p99_ms: (180.0, 225.0),
+    sum_after_stream: true,
+};
+
+#[test]
+fn twenty_ms_responses_are_counted_exactly_and_reported_within_ten_percent() {
+    let run = run_stream(&TWENTY_MS);
+    let (daemon, pid, node_id) = (&run.daemon, run.server.pid, &run.node_id);
 
     // The shape of the exposition.
     let metrics = daemon.metrics();
@@ -700,57 +875,35 @@ fn twenty_ms_responses_are_counted_exactly_and_reported_within_ten_percent() {
         Some("gauge"),
         "# TYPE of {INFLIGHT}"
     );
-    let pid = server.pid.to_string();
-    let comm = comm_of(server.pid);
-    let le_labels: Vec<String> = histogram(&metrics, server.pid)
+    let comm = comm_of(pid);
+    let pid_label = pid.to_string();
+    let le_labels: Vec<String> = histogram(&metrics, pid)
         .buckets
         .into_iter()
         .map(|(le, _)| le)
         .collect();
     assert_eq!(le_labels, LE_LABELS, "le labels of pid {pid}");
     for name in [BUCKET, SUM, COUNT] {
-        for (labels, _) in metrics.series(name, &[("pid", pid.as_str())]) {
+        for (labels, _) in metrics.series(name, &[("pid", pid_label.as_str())]) {
             let mut rest = labels.clone();
             rest.remove("le");
             assert_eq!(
                 rest,
                 Labels::from([
-                    ("pid".to_string(), pid.clone()),
+                    ("pid".to_string(), pid_label.clone()),
                     ("comm".to_string(), comm.clone())
                 ]),
                 "labels of {name}"
             );
         }
     }
-    // Every response was written: nothing is in flight (the connection is
-    // still open).
-    wait_for_inflight(&daemon, "after 30 answered requests", 0.0);
-
-    // /report, while a steady stream of 20 ms requests flows (~45 per
-    // interval on one connection). The true latency of every request is
-    // 20 ms + python's overhead (~0.1-1 ms) + scheduling jitter, so the true
-    // median is in [20, ~21] ms: within 10% of it means [18, ~23.1]; we allow
-    // up to 24. The p99 of ~45 samples is about the interval's maximum, which
-    // a scheduling hiccup may push a few ms higher: up to ~23.5 ms true,
-    // ~26 ms reported.
-    let load = Load::start(server.port, 1, |_| Some(20));
-    let (intervals, report) = observe_quantiles(
-        &daemon,
-        &node_id,
-        Duration::from_millis(1200),
-        Duration::from_secs(6),
-        |intervals| intervals.len() >= 3,
-    );
-    let done = load.finish();
-    assert!(
-        intervals.len() >= 2,
-        "node {node_id} showed latency in only {} full interval(s) of a 6 s stream: {intervals:?}",
-        intervals.len()
-    );
-    assert_quantiles("20 ms stream", &intervals, (18.0, 24.0), (18.0, 26.0));
+    // Every response was written: nothing is in flight (the connection of
+    // the sequential requests is still open).
+    assert!(run.sequential_conn.is_some());
+    wait_for_inflight(daemon, "after the answered requests", 0.0);
 
     // The templates.
-    let templates = &report["Process"]["metric_templates"];
+    let templates = &run.report["Process"]["metric_templates"];
     assert_eq!(
         templates[P50],
         json!({"id": P50, "label": "HTTP Latency p50 (ms)", "priority": 0.11}),
@@ -762,148 +915,30 @@ fn twenty_ms_responses_are_counted_exactly_and_reported_within_ten_percent() {
         "template {P99}"
     );
 
-    // The cumulative histogram has the stream too, still exactly.
-    let total = 30 + count_of(&done, 20);
-    wait_for_histogram(
-        &daemon,
-        &format!("30 + {} × 20 ms", total - 30),
-        server.pid,
-        &Histogram::expect(&[(0.025, total)]),
-    );
-    assert_sum_between(
-        &daemon,
-        "20 ms stream",
-        server.pid,
-        total as f64 * 0.020,
-        total as f64 * 0.030,
-    );
-
     // Idle: no response paired in the last interval, no latency metrics (the
     // node stays, with its zero request rate).
     let gone = wait_until(Duration::from_secs(3), || {
-        quantiles(&daemon.report(), &node_id).is_none()
+        quantiles(&daemon.report(), node_id).is_none()
     });
     assert!(
         gone,
         "idle server {node_id} still shows latency: {:?}",
-        quantiles(&daemon.report(), &node_id)
+        quantiles(&daemon.report(), node_id)
     );
     assert!(
-        report_node_metrics(&daemon.report(), &node_id).is_some(),
+        report_node_metrics(&daemon.report(), node_id).is_some(),
         "the idle server's node disappeared"
     );
 }
 
 #[test]
 fn hundred_ms_responses_land_above_the_point_one_bucket() {
-    let _serial = serial();
-    let daemon = Daemon::start();
-    let server = start_sleep_server();
-    let node_id = daemon.node_id(server.pid);
-
-    // time.sleep(0.1) sleeps at least 100 ms, and the probe's interval
-    // contains the sleep and python's work after the read: strictly more
-    // than 0.1 s, so never in le="0.1" (an inclusive bound) as long as the
-    // bucket counters compare exact nanoseconds.
-    let mut conn = Conn::open(server.port);
-    for _ in 0..10 {
-        assert_eq!(conn.get("/sleep/100"), vec![200]);
-    }
-    wait_for_histogram(
-        &daemon,
-        "10 × 100 ms",
-        server.pid,
-        &Histogram::expect(&[(0.25, 10)]),
-    );
-    assert_sum_between(
-        &daemon,
-        "10 × 100 ms",
-        server.pid,
-        10.0 * 0.100,
-        10.0 * 0.110,
-    );
-
-    // /report: two connections in parallel, ~20 samples per interval. True
-    // latency is 100 ms + ~0.1-1 ms (+ jitter): within 10% is [90, ~111].
-    let load = Load::start(server.port, 2, |_| Some(100));
-    let (intervals, _) = observe_quantiles(
-        &daemon,
-        &node_id,
-        Duration::from_millis(1200),
-        Duration::from_secs(6),
-        |intervals| intervals.len() >= 3,
-    );
-    let done = load.finish();
-    assert!(
-        intervals.len() >= 2,
-        "node {node_id} showed latency in only {} full interval(s) of a 6 s stream: {intervals:?}",
-        intervals.len()
-    );
-    assert_quantiles("100 ms stream", &intervals, (90.0, 112.0), (90.0, 115.0));
-
-    let total = 10 + count_of(&done, 100);
-    wait_for_histogram(
-        &daemon,
-        &format!("10 + {} × 100 ms", total - 10),
-        server.pid,
-        &Histogram::expect(&[(0.25, total)]),
-    );
+    run_stream(&HUNDRED_MS);
 }
 
 #[test]
 fn a_ninety_ten_mix_reports_p50_of_the_fast_and_p99_of_the_slow() {
-    let _serial = serial();
-    let daemon = Daemon::start();
-    let server = start_sleep_server();
-    let node_id = daemon.node_id(server.pid);
-
-    // 12 rounds of 100 requests: in every 10 consecutive requests, 9 sleep
-    // 20 ms and 1 sleeps 200 ms. 10 client threads (connections) take them in
-    // turn, so the kinds interleave and every one-second interval holds
-    // ~240 fast and ~26 slow responses: p50 is a fast one and p99 a slow one
-    // (10% of the samples are slow, far more than 1%).
-    const ROUNDS: usize = 12;
-    let load = Load::start(server.port, 10, |i| {
-        (i < ROUNDS * 100).then_some(if i % 10 == 7 { 200 } else { 20 })
-    });
-    // Intervals first seen 1.2 s after the start began after it; look at
-    // three of them, or stop looking once 85% of the requests were sent,
-    // before the tail (where only slow requests are still running).
-    let (intervals, _) = observe_quantiles(
-        &daemon,
-        &node_id,
-        Duration::from_millis(1200),
-        Duration::from_secs(10),
-        |intervals| intervals.len() >= 3 || load.started() >= ROUNDS * 85,
-    );
-    let done = load.join();
-    assert_eq!(done.len(), ROUNDS * 100, "requests answered");
-    assert!(
-        intervals.len() >= 2,
-        "node {node_id} showed latency in only {} full interval(s) of the mixed load: \
-         {intervals:?}",
-        intervals.len()
-    );
-    // Fast: 20 ms + overhead, within 10% → [18, ~23]; slow: 200 ms +
-    // overhead, within 10% → [180, ~222].
-    assert_quantiles("90/10 mix", &intervals, (18.0, 24.0), (180.0, 225.0));
-
-    let fast = count_of(&done, 20);
-    let slow = count_of(&done, 200);
-    assert_eq!((fast, slow), (1080, 120));
-    wait_for_histogram(
-        &daemon,
-        "1,080 × 20 ms + 120 × 200 ms",
-        server.pid,
-        &Histogram::expect(&[(0.025, fast), (0.25, slow)]),
-    );
-    assert_sum_between(
-        &daemon,
-        "1,080 × 20 ms + 120 × 200 ms",
-        server.pid,
-        fast as f64 * 0.020 + slow as f64 * 0.200,
-        fast as f64 * 0.030 + slow as f64 * 0.300,
-    );
+    run_stream(&NINETY_TEN_MIX);
 }
 
 #[test]
