@@ -340,12 +340,14 @@ struct PyServer {
 }
 
 impl PyServer {
-    /// Runs `script` with `args`; the script prints its port first.
+    /// Runs `script` (a file in tests/fixtures/) with `args`; the script
+    /// prints its port first.
     fn spawn(what: &str, script: &str, args: &[&str]) -> PyServer {
         let dir = TempDir::new("latency");
         let log = dir.path().join("server.log");
         let mut child = Command::new(python())
-            .args(["-u", "-c", script])
+            .arg("-u")
+            .arg(fixture(script))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -409,35 +411,7 @@ impl Drop for PyServer {
 /// Nagle is off so that the body is not held back by the client's delayed
 /// ACK (which would not change the measured latency, but would slow the
 /// client down).
-const SLEEP_SERVER: &str = r#"
-import http.server, re, time
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def do_GET(self):
-        m = re.fullmatch(r"/(sleep|continue)/(\d+)", self.path)
-        if m is None:
-            self.send_error(404)
-            return
-        if m.group(1) == "continue":
-            self.send_response_only(100)
-            self.end_headers()
-        time.sleep(int(m.group(2)) / 1000)
-        body = b"slept\n"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024
-    daemon_threads = True
-server = Server(("127.0.0.1", 0), Handler)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
+const SLEEP_SERVER: &str = "sleep_server.py";
 
 fn start_sleep_server() -> PyServer {
     PyServer::spawn("python sleep server", SLEEP_SERVER, &[])
@@ -448,75 +422,13 @@ fn start_sleep_server() -> PyServer {
 /// argument N: once it has read N requests, it starts `sleep 120` holding
 /// every open connection's fd (so that the connections outlive the server
 /// process) and prints that process's pid.
-const SILENT_SERVER: &str = r#"
-import selectors, socket, subprocess, sys
-hold_after = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-sel = selectors.DefaultSelector()
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", 0))
-listener.listen(4096)
-listener.setblocking(False)
-sel.register(listener, selectors.EVENT_READ)
-print(listener.getsockname()[1], flush=True)
-requests = 0
-conns = set()
-while True:
-    for key, _ in sel.select():
-        sock = key.fileobj
-        if sock is listener:
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    break
-                conn.setblocking(False)
-                sel.register(conn, selectors.EVENT_READ)
-                conns.add(conn)
-            continue
-        try:
-            data = sock.recv(4096)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if data:
-            requests += 1
-            if requests == hold_after:
-                holder = subprocess.Popen(["sleep", "120"], pass_fds=[c.fileno() for c in conns])
-                print(holder.pid, flush=True)
-        else:
-            sel.unregister(sock)
-            conns.discard(sock)
-            sock.close()
-"#;
+const SILENT_SERVER: &str = "silent_server.py";
 
 /// A python server that serves one connection at a time: it reads the
 /// request, then forks a child that writes the response (and closes its copy
 /// of the connection, then sleeps until killed); it prints the child's pid,
 /// and closes the connection when the client does.
-const HANDOFF_SERVER: &str = r#"
-import os, socket, time
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", 0))
-listener.listen(16)
-print(listener.getsockname()[1], flush=True)
-while True:
-    conn, _ = listener.accept()
-    conn.recv(4096)
-    child = os.fork()
-    if child == 0:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-        conn.close()
-        listener.close()
-        time.sleep(120)
-        os._exit(0)
-    print(child, flush=True)
-    while conn.recv(4096):
-        pass
-    conn.close()
-"#;
+const HANDOFF_SERVER: &str = "handoff_server.py";
 
 const SILENT_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
