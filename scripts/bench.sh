@@ -5,18 +5,29 @@
 #   2. the daemon's own CPU and memory, and its binary size;
 #   3. time to answer /report and /metrics with 1, 100 and 5,000 processes,
 #      and the snapshot's CPU cost;
-#   4. per-call cost of syscalls (C microbenchmark) with each hook path, and
-#      with empty programs on the same hooks.
+#   4. per-call cost (C microbenchmark, pinned to one CPU): one HTTP exchange
+#      on a loopback connection (4 socket calls), the same with bytes that are
+#      not HTTP, and single syscalls, with each hook path and with empty
+#      programs on the same hooks (the floor), in the same run.
 # Writes a markdown table (medians, min-max over rounds) to stdout and to
 # --out (default bench-results.md). Needs root; installs nginx, wrk, node,
 # bpftrace and bpftool with apt-get when missing. Helper sources: scripts/bench/.
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--out FILE] [--no-build] [--keep]
+#   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--only PARTS] [--out FILE] [--no-build] [--keep]
 #
 # --quick: 1 round, 2-second wrk runs, fewer iterations, 1/20/200 processes
-# (a smoke run, < 2 minutes; it asserts nothing about timings). --no-build:
-# skip `cargo build --release`. --keep: keep the work directory (raw records,
-# wrk and bpftrace outputs) and say where.
+# (a smoke run, < 2 minutes; it asserts nothing about timings). --only:
+# a comma-separated subset of app (parts 1 and 2), scale (3), micro (4).
+# --no-build: skip `cargo build --release`. --keep: keep the work directory
+# (raw records, wrk and bpftrace outputs) and say where.
+#
+# It refuses to measure (exit 3, one line saying what) while any eBPF program
+# it did not load itself is attached to a tracepoint it measures: another
+# program's cost would be counted in the baseline or in ours. It turns
+# kernel.bpf_stats_enabled off for the run (it adds its own cost to every
+# program run) and restores it at the end. The load generator (wrk) and the
+# server run on CPUs of their own; each round also runs the baseline twice
+# (an A/A pair) so that the noise band of every ratio is visible.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +41,7 @@ DURATION=
 OUT=bench-results.md
 BUILD=1
 KEEP=0
+ONLY=app,scale,micro
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -40,6 +52,8 @@ while [ $# -gt 0 ]; do
 	--duration=*) DURATION=${1#*=} ;;
 	--out) OUT=${2:?--out needs a file}; shift ;;
 	--out=*) OUT=${1#*=} ;;
+	--only) ONLY=${2:?--only needs app,scale,micro}; shift ;;
+	--only=*) ONLY=${1#*=} ;;
 	--no-build) BUILD=0 ;;
 	--keep) KEEP=1 ;;
 	-h | --help) usage; exit 0 ;;
@@ -50,7 +64,7 @@ done
 
 if [ "$QUICK" = 1 ]; then
 	: "${ROUNDS:=1}" "${DURATION:=2}"
-	IDLE=1 CPUWIN=2 NPROCS="1 20 200" GETS=10 MB_ITERS=20000 MB_BATCHES=5
+	IDLE=1 CPUWIN=2 NPROCS="1 20 200" GETS=10 MB_ITERS=20000 MB_BATCHES=5 MB_EXCHANGES=10000
 else
 	: "${ROUNDS:=3}" "${DURATION:=10}"
 	IDLE=5 CPUWIN=5 NPROCS="1 100 5000" GETS=20 MB_ITERS=30000 MB_BATCHES=7
@@ -59,6 +73,14 @@ fi
 MICRO_ROUNDS=$((QUICK ? ROUNDS : 2 * ROUNDS))
 WRK_THREADS=2 WRK_CONNS=32
 case "$ROUNDS$DURATION" in *[!0-9]*) echo "bench.sh: --rounds and --duration take whole numbers" >&2; exit 2 ;; esac
+for part in ${ONLY//,/ }; do
+	case "$part" in app | scale | micro) ;; *) echo "bench.sh: --only takes app, scale, micro (comma-separated), not $part" >&2; exit 2 ;; esac
+done
+part() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+# The load generator and the server on CPUs of their own (2 CPUs: wrk on 0,
+# the server on 1); the microbenchmark on the server's CPU.
+if [ "$(nproc)" -ge 2 ]; then LOAD_CPU=0 SERVER_CPU=1; else LOAD_CPU=0 SERVER_CPU=0; fi
+MB_EXCHANGES=100000
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -105,12 +127,14 @@ META=$WORK/meta
 : >"$META"
 STARTED=() # pids this script started (process groups are not used: kill by pid)
 
+STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo 0)
 cleanup() {
 	local p
 	for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null; done
 	sleep 0.3
 	for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
 	wait 2>/dev/null
+	if [ "$STATS_BEFORE" = 1 ]; then sysctl -qw kernel.bpf_stats_enabled=1; fi
 	if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -165,6 +189,44 @@ CFLAGS="-O2 -Wall"
 for prog in microbench unixget procs; do
 	cc $CFLAGS -o "$WORK/$prog" "$HERE/$prog.c" || die "cannot compile scripts/bench/$prog.c"
 done
+cc $CFLAGS -o "$WORK/attached" "$HERE/attached.c" -lbpf || die "cannot compile scripts/bench/attached.c (apt-get install libbpf-dev)"
+
+# ---- nothing but this run's programs on the tracepoints it measures ----
+MEASURED_TPS=" sock_recv_length sock_send_length inet_sock_set_state tcp_destroy_sock sched_process_exit "
+for s in read recvfrom readv recvmsg write sendto writev sendmsg; do MEASURED_TPS+="sys_enter_$s sys_exit_$s "; done
+# Prints "tracepoint:prog_id:name" for every program on a measured tracepoint,
+# through a BPF link (attached.c) or a perf event (bpftool perf list).
+attached_progs() {
+	"$WORK/attached" 2>/dev/null | while read -r tp id name; do
+		case "$MEASURED_TPS" in *" $tp "*) echo "$tp:$id:$name" ;; esac
+		[ "$tp" = "?" ] && echo "unknown-tracepoint:$id:$name" # a kernel before 6.6 does not name it
+	done
+	if [ $HAVE_BPFTOOL = 1 ]; then
+		bpftool -j perf list 2>/dev/null | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    tp = e.get("tracepoint")
+    if tp and " %s " % tp in sys.argv[1]:
+        print("%s:%s:pid%s" % (tp, e.get("prog_id"), e.get("pid")))
+' "$MEASURED_TPS" 2>/dev/null
+	fi
+}
+# Before every timed slot, with none of this run's tracers attached: refuse
+# to measure when anything else is, and turn off the kernel's per-program
+# statistics (they add a clock read to every program run).
+preflight() {
+	local found
+	found=$(attached_progs | sort -u | tr '\n' ' ')
+	if [ -n "$found" ]; then
+		echo "bench.sh: refusing to measure: other eBPF programs are attached to the tracepoints it measures: ${found% } (stop them: another daemon, a test suite, bpftrace)" >&2
+		exit 3
+	fi
+	if [ "$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null)" = 1 ]; then
+		sysctl -qw kernel.bpf_stats_enabled=0 || die "cannot turn kernel.bpf_stats_enabled off"
+		log "kernel.bpf_stats_enabled was on: turned off (restored at the end)"
+	fi
+}
+preflight
 
 # Empty programs (part 4): a BPF object built here with clang and attached
 # with libbpf (scripts/bench/attach.c); else bpftrace, whose programs return 1.
@@ -193,6 +255,9 @@ meta kernel "$(uname -r)"
 meta memory_mb "$(awk '/^MemTotal/ {printf "%d", $2/1024}' /proc/meminfo)"
 meta load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta rounds "$ROUNDS"
+meta parts "$ONLY"
+meta pinning "wrk on CPU $LOAD_CPU, nginx and node on CPU $SERVER_CPU, microbenchmark on CPU $SERVER_CPU"
+meta exchanges "$MB_EXCHANGES"
 meta duration "$DURATION"
 meta quick "$QUICK"
 meta wrk "wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency"
@@ -337,18 +402,19 @@ for s in read recvfrom readv recvmsg write sendto writev sendmsg; do
 done
 EMPTY_SYSCALLS+=' {}'
 
+if part app; then
 # ---- part 1 servers: nginx (static file) and node, started once ----
 mkdir -p "$WORK/www" "$WORK/nginx-tmp"
 printf 'hello from the benchmark\n' >"$WORK/www/small.txt"
 NGINX_PORT=$(free_port)
 sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$NGINX_PORT|g" "$HERE/nginx-static.conf.in" >"$WORK/nginx-static.conf"
-nginx -p "$WORK/" -c "$WORK/nginx-static.conf" -e "$WORK/nginx-static-error.log" 2>>"$WORK/nginx-static-error.log" &
+taskset -c "$SERVER_CPU" nginx -p "$WORK/" -c "$WORK/nginx-static.conf" -e "$WORK/nginx-static-error.log" 2>>"$WORK/nginx-static-error.log" &
 NGINX_MASTER=$!
 STARTED+=("$NGINX_MASTER")
 wait_http "http://127.0.0.1:$NGINX_PORT/small.txt" || die "nginx did not start: $(tail -3 "$WORK/nginx-static-error.log")"
 NGINX_WORKER=$(ps -o pid= --ppid "$NGINX_MASTER" | head -1 | tr -d ' ')
 
-node "$HERE/server.js" 0 >"$WORK/node.out" 2>&1 &
+taskset -c "$SERVER_CPU" node "$HERE/server.js" 0 >"$WORK/node.out" 2>&1 &
 NODE_PID=$!
 STARTED+=("$NODE_PID")
 for i in $(seq 100); do grep -q '^port ' "$WORK/node.out" && break; sleep 0.1; done
@@ -386,7 +452,9 @@ run_wrk() { # round config target url
 	before=$(counted "$c" "${SERVER_PID[$t]}")
 	t0=$(now)
 	[ -n "$TRACER_PID" ] && c0=$(cpu_ticks "$TRACER_PID")
-	wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency "$url" >"$out" 2>&1 &
+	local s0 s1
+	s0=$(cpu_ticks "${SERVER_PID[$t]}")
+	taskset -c "$LOAD_CPU" wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency "$url" >"$out" 2>&1 &
 	local wpid=$!
 	sleep "$(awk -v d="$DURATION" 'BEGIN{print d / 2}')"
 	[ -n "$TRACER_PID" ] && rss=$(status_kb "$TRACER_PID" VmRSS)
@@ -397,13 +465,17 @@ run_wrk() { # round config target url
 		record app "$r" "$c" "$t" tracer_cpu_pct "$(pct_of_core $((c1 - c0)) "$secs")"
 		record app "$r" "$c" "$t" tracer_rss_kb "$rss"
 	fi
+	s1=$(cpu_ticks "${SERVER_PID[$t]}")
 	read -r rps p50 p99 reqs errs < <(python3 "$HERE/summarize.py" wrk "$out")
+	# The server's CPU per request (the probe runs in its syscalls, so its
+	# cost is charged there); for the proxy, the backend's alone.
+	record app "$r" "$c" "$t" server_cpu_us_per_req "$(awk -v t=$((s1 - s0)) -v h="$TCK" -v n="$reqs" 'BEGIN{if (n > 0) printf "%.2f", t / h * 1e6 / n}')"
 	[ "$rps" = "?" ] && log "wrk output: $(tr '\n' ' ' <"$out")"
 	record app "$r" "$c" "$t" rps "$rps"
 	record app "$r" "$c" "$t" p50_us "$p50"
 	record app "$r" "$c" "$t" p99_us "$p99"
 	record app "$r" "$c" "$t" errors "$errs"
-	if [ "$c" != baseline ]; then
+	if [ "$c" != baseline ] && [ "$c" != baseline-again ]; then
 		sleep 1.5 # a snapshot (daemon) or a print (bpftrace) after the load
 		after=$(counted "$c" "${SERVER_PID[$t]}")
 		record app "$r" "$c" "$t" counted "$(awk -v a="$after" -v b="$before" -v n="$reqs" 'BEGIN{printf "%.3f", (n > 0 ? (a - b) / n : 0)}')"
@@ -412,14 +484,16 @@ run_wrk() { # round config target url
 }
 
 # ---- part 1 + 2: application overhead and the daemon's cost ----
-APP_CONFIGS=(baseline socket syscalls bpftrace proxy)
+# baseline-again: a second baseline slot per round (A/A): its ratio to the
+# first is the noise band every other ratio must be read against.
+APP_CONFIGS=(baseline socket syscalls bpftrace proxy baseline-again)
 log "part 1: wrk on nginx and node; configs ${APP_CONFIGS[*]}; $ROUNDS round(s) of ${DURATION}s runs"
 for r in $(seq "$ROUNDS"); do
 	n=${#APP_CONFIGS[@]}
 	for k in $(seq 0 $((n - 1))); do
 		c=${APP_CONFIGS[$(((k + r - 1) % n))]} # rotate the order each round
 		log "round $r: $c"
-		urls=nginx
+		preflight
 		case "$c" in
 		socket | syscalls)
 			start_daemon "$c"
@@ -440,7 +514,7 @@ for r in $(seq "$ROUNDS"); do
 			TRACER_PID=$(ps -o pid= --ppid "$PROXY_MASTER" | head -1 | tr -d ' ')
 			TRACER_KIND=proxy ;;
 		esac
-		if [ "$c" != baseline ] && [ "$c" != proxy ]; then
+		if [ "$c" != baseline ] && [ "$c" != baseline-again ] && [ "$c" != proxy ]; then
 			# Idle: the poller only (and whatever else runs on the machine).
 			t0=$(now)
 			c0=$(cpu_ticks "$TRACER_PID")
@@ -468,8 +542,12 @@ for r in $(seq "$ROUNDS"); do
 	done
 done
 
+fi # part app
+
+if part scale; then
 # ---- part 3: /report and /metrics with N processes ----
 log "part 3: /report and /metrics with $NPROCS processes; $ROUNDS round(s)"
+preflight
 start_daemon socket
 DAEMON=$TRACER_PID
 for r in $(seq "$ROUNDS"); do
@@ -512,7 +590,9 @@ for r in $(seq "$ROUNDS"); do
 done
 record scale - - - hwm_kb "$(status_kb "$DAEMON" VmHWM)"
 stop_tracer
+fi # part scale
 
+if part micro; then
 # ---- part 4: per-call cost ----
 MICRO_CONFIGS=(none socket syscalls empty-socket empty-syscalls)
 log "part 4: microbenchmark ($MB_ITERS calls x $MB_BATCHES batches); configs ${MICRO_CONFIGS[*]}; $MICRO_ROUNDS round(s)"
@@ -520,6 +600,7 @@ for r in $(seq "$MICRO_ROUNDS"); do
 	n=${#MICRO_CONFIGS[@]}
 	for k in $(seq 0 $((n - 1))); do
 		c=${MICRO_CONFIGS[$(((k + r - 1) % n))]}
+		preflight
 		ok=1
 		case "$c" in
 		socket | syscalls) start_daemon "$c" ;;
@@ -532,15 +613,18 @@ for r in $(seq "$MICRO_ROUNDS"); do
 			continue
 		fi
 		record_env "$r" "micro-$c" "$c"
-		while read -r name cpu_med cpu_min wall_med; do
+		while read -r name cpu_med cpu_min wall_med wall_min; do
 			record micro "$r" "$c" "$name" ns "$cpu_med"
 			record micro "$r" "$c" "$name" min_ns "$cpu_min"
 			record micro "$r" "$c" "$name" wall_ns "$wall_med"
-		done < <("$WORK/microbench" "$MB_ITERS" "$MB_BATCHES")
+			record micro "$r" "$c" "$name" wall_min_ns "$wall_min"
+		done < <("$WORK/microbench" "$MB_ITERS" "$MB_BATCHES" "$SERVER_CPU" "$MB_EXCHANGES")
 		log "round $r: $c: $(awk -v r="$r" -v c="$c" -F'\t' '$1 == "micro" && $2 == r && $3 == c && $5 == "ns" {printf "%s %s ", $4, $6}' "$RAW")"
 		stop_tracer
 	done
 done
+
+fi # part micro
 
 meta load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta runtime_s "$SECONDS"
