@@ -132,6 +132,6 @@ int main(int argc, char **argv)
 
 	PRINT_LAYOUT(process_counts, PROCESS_COUNTS_FIELDS);
 	PRINT_LAYOUT(latency_stats, LATENCY_STATS_FIELDS);
-	PRINT_LAYOUT(awaiting, AWAITING_FIELDS);
+	PRINT_LAYOUT(connection, CONNECTION_FIELDS);
 	return fflush(stdout) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -18,8 +18,14 @@
  *           byte-level checks are in http_parse.h.
  *   counting process_counts, keyed by tgid, removed when the process exits;
  *           latency pairs each response with the oldest request awaiting one
- *           on its socket (awaiting_response) into latency_by_process
- *           (bucket arithmetic in latency.h).
+ *           on its connection into latency_by_process (bucket arithmetic in
+ *           latency.h).
+ *   connections one entry per connection (struct sock, or whatever key a
+ *           hook layer uses), kept for the connection's life: its verdict
+ *           (not HTTP and client connections are skipped before any user
+ *           memory is read), its latency queue, and each direction's stream
+ *           state, so that a message cut anywhere by the end of a transfer
+ *           (a request read "G" + "ET / ...") is still counted once.
  * Nothing is sent to userspace per request: the daemon reads the maps once a
  * second.
  *
@@ -82,18 +88,22 @@ struct {
 	__type(value, struct latency_stats);
 } latency_by_process SEC(".maps");
 
-/* Requests read but not yet answered, oldest first, per connection.
- * Writer: parse_buffer() pushes on requests, pops on responses and deletes
- * the entry when it empties; inet_sock_set_state deletes it when the socket
- * closes; sched_process_exit deletes the dying process's entries. Reader: the
- * daemon counts the entries. Bound: max_entries; a request that finds it full
- * gets no latency and DROP_AWAITING_FULL counts it. */
+/* Every connection the probe has something to remember about (struct
+ * connection). Writer: count_transfer() creates an entry when a connection
+ * first shows a request, a verdict or a cut message, and updates it on each
+ * transfer; inet_sock_set_state deletes it when the socket closes,
+ * tcp_destroy_sock when the kernel frees it (so a read after the close
+ * cannot leave it behind), sched_process_exit when the process that owns
+ * its queue exits. Reader: the daemon counts the entries with requests
+ * queued (in flight). Bound: max_entries; a connection that finds it full is
+ * counted statelessly (no latency, no cut messages) and a request on it
+ * counts DROP_AWAITING_FULL. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u64); /* struct sock pointer: the connection */
-	__type(value, struct awaiting);
-} awaiting_response SEC(".maps");
+	__type(key, __u64); /* struct sock pointer (or the hook's own connection key) */
+	__type(value, struct connection);
+} connections SEC(".maps");
 
 /* Writer: the probe, per CPU, indexed by enum probe_drop. Reader: the daemon
  * sums the CPUs. Bound: DROP_REASONS entries. */
@@ -115,12 +125,19 @@ struct scan_scratch {
 	__u32 chunked;        /* Transfer-Encoding present: body length unknown */
 	struct process_counts fresh; /* a new process_counts entry, built here, not on the stack */
 	struct latency_stats fresh_latency;
-	struct awaiting fresh_awaiting;
-	/* The transfer being parsed, set by the hook layer. */
+	struct connection fresh_connection;
+	/* The transfer being parsed, set by count_transfer(). */
 	__u32 tgid;
 	__u32 dir;
 	__u64 sk;
 	__u64 io_ns; /* request: when its read returned; response: when its write began */
+	__u32 stream_start; /* this read holds the first bytes ever read on the connection */
+	/* In and out of parse_buffer(): the direction's stream state, and what
+	 * the transfer held, applied to the connection afterwards. */
+	struct stream_state st;
+	__u32 requests_read;   /* requests counted: each queued for its response */
+	__u32 responses_final; /* final (not 1xx) responses: each paired with a request */
+	__u32 verdict;         /* a verdict the transfer showed, or VERDICT_UNKNOWN */
 };
 
 struct {
@@ -146,6 +163,12 @@ static __always_inline void count_drop(__u32 reason)
 
 	if (v)
 		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* Whether a connection's verdict says its transfers need not be looked at. */
+static __always_inline int skipped(struct connection *c)
+{
+	return c && c->verdict >= VERDICT_CLIENT;
 }
 
 /* ---- parsing: the header scan over this CPU's scratch ---- */
@@ -304,147 +327,314 @@ __noinline int record_latency(__u64 ns)
 	return 0;
 }
 
-/* A request was read on the scratch's connection: queue its read time. */
-__noinline int request_read(void)
+/* 1 when the v bytes at p, fewer than message_start() needs to decide,
+ * could begin a message of direction dir (a request method and its space,
+ * or "HTTP/1.x NNN "). */
+static __always_inline int is_start_prefix(const char *p, __u32 v, __u32 dir)
+{
+	__u64 w = *(const __u64 *)p;
+
+	if (v == 0)
+		return 0;
+	if (dir == DIR_READ) {
+		if (v >= 8)
+			return 0;
+		__u64 m = LOW_BYTES(v);
+
+		w &= m;
+		return w == (W4('G', 'E', 'T', ' ') & m) || w == (W4('P', 'U', 'T', ' ') & m) ||
+		       w == (W8('P', 'O', 'S', 'T', ' ', 0, 0, 0) & m) ||
+		       w == (W8('H', 'E', 'A', 'D', ' ', 0, 0, 0) & m) ||
+		       w == (W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0) & m) ||
+		       w == (W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0) & m) ||
+		       w == (W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0) & m) ||
+		       w == (W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ') & m) ||
+		       w == (W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ') & m);
+	}
+	if (v >= 13)
+		return 0;
+	__u64 m = LOW_BYTES(v < 8 ? v : 8);
+
+	if ((w & m) != (W8('H', 'T', 'T', 'P', '/', '1', '.', '1') & m) &&
+	    (w & m) != (W8('H', 'T', 'T', 'P', '/', '1', '.', '0') & m))
+		return 0;
+	return (v <= 8 || p[8] == ' ') && (v <= 9 || (p[9] >= '1' && p[9] <= '5')) &&
+	       (v <= 10 || is_digit(p[10])) && (v <= 11 || is_digit(p[11]));
+}
+
+/* A PROXY protocol header (v1 text or v2 binary), which a load balancer
+ * sends before the HTTP it forwards: not a reason to call a connection
+ * "not HTTP". */
+static __always_inline int is_proxy_header(const char *p)
+{
+	__u64 w = *(const __u64 *)p;
+
+	return (w & LOW_BYTES(6)) == W8('P', 'R', 'O', 'X', 'Y', ' ', 0, 0) ||
+	       w == W8('\r', '\n', '\r', '\n', 0, '\r', '\n', 'Q');
+}
+
+/* Zeroes the 16 bytes at data[i]: the parser may look that far past the
+ * bytes it was given, and must find no stale bytes of an earlier transfer. */
+static __always_inline void pad_after(struct scan_scratch *s, __u32 i)
+{
+	if (i > SCAN_WINDOW)
+		return;
+	*(__u64 *)&s->data[i] = 0;
+	*(__u64 *)&s->data[i + 8] = 0;
+}
+
+/* Keeps data[pos, pos + v) (v <= CARRY_MAX) as the carry of the stream. */
+static __always_inline void keep_carry(struct scan_scratch *s, __u32 pos, __u32 v, __u32 counted)
+{
+	pos &= SCAN_WINDOW - 1;
+	for (__u32 i = 0; i < CARRY_MAX; i += 8)
+		*(__u64 *)&s->st.carry[i] = *(const __u64 *)&s->data[pos + i];
+	s->st.carry_len = v;
+	s->st.carry_counted = counted;
+}
+
+/* The buffer ends at pos with v (< 16) bytes that may begin a message:
+ * keep them for the next transfer. Returns 0 when kept, else PARSE_STOP. */
+__noinline int carry_start(__u32 pos, __u32 v)
 {
 	struct scan_scratch *s = cpu_scratch();
-	struct awaiting *a;
 
-	if (!s)
-		return 0;
-	a = bpf_map_lookup_elem(&awaiting_response, &s->sk);
-	if (!a) {
-		__builtin_memset(&s->fresh_awaiting, 0, sizeof(s->fresh_awaiting));
-		s->fresh_awaiting.tgid = s->tgid;
-		if (bpf_map_update_elem(&awaiting_response, &s->sk, &s->fresh_awaiting, BPF_NOEXIST) ==
-		    -E2BIG) {
-			count_drop(DROP_AWAITING_FULL);
-			return 0;
-		}
-		a = bpf_map_lookup_elem(&awaiting_response, &s->sk);
-		if (!a)
-			return 0;
-	}
-	if (a->tgid != s->tgid) {
-		/* The socket changed hands: what the other process read is not ours to answer. */
-		a->tgid = s->tgid;
-		a->head = a->tail;
-	}
-	if (a->tail - a->head >= MAX_AWAITING) {
-		count_drop(DROP_PIPELINE_DEPTH);
-		return 0;
-	}
-	a->read_ns[a->tail & (MAX_AWAITING - 1)] = s->io_ns;
-	a->tail++;
+	if (!s || v >= MIN_MESSAGE || pos >= SCAN_WINDOW)
+		return PARSE_STOP;
+	if (!is_start_prefix(&s->data[pos], v, s->dir & 1))
+		return PARSE_STOP;
+	keep_carry(s, pos, v, 0);
 	return 0;
 }
 
-/* A final response was written on the scratch's connection: pair it with the
- * oldest request awaiting one, and forget the connection once none waits. */
-__noinline int response_written(void)
+/*
+ * The message starting at pos of the window (n bytes; the buffer's bytes run
+ * to total, maybe past the window) was counted, with status code `code` for
+ * a response: finds where the next one starts. Returns that position, inside
+ * the window; or 0 when the buffer ends inside this message, leaving in s->st
+ * how the stream goes on (body to skip, or the unfinished head carried); or
+ * PARSE_STOP when it cannot be known. Global: verified once, not at every
+ * message of parse_buffer().
+ */
+__noinline int message_end(__u32 pos, __u32 n, __u32 total, __u32 code)
 {
 	struct scan_scratch *s = cpu_scratch();
-	struct awaiting *a;
 
-	if (!s)
-		return 0;
-	a = bpf_map_lookup_elem(&awaiting_response, &s->sk);
-	if (!a || a->tgid != s->tgid || a->head == a->tail)
-		return 0;
-	__u64 read_ns = a->read_ns[a->head & (MAX_AWAITING - 1)];
+	if (!s || pos >= n || n > SCAN_WINDOW)
+		return PARSE_STOP;
+	__u32 end = scan_headers(s, pos, n);
 
-	a->head++;
-	if (a->head == a->tail)
-		bpf_map_delete_elem(&awaiting_response, &s->sk);
-	if (s->io_ns > read_ns)
-		record_latency(s->io_ns - read_ns);
-	return 0;
+	if (!end) {
+		/* The head goes on in the next transfer: carry it when short. */
+		__u32 v = n - pos;
+
+		if (n == total && v <= CARRY_MAX) {
+			keep_carry(s, pos, v, 1);
+			return 0;
+		}
+		return PARSE_STOP;
+	}
+	if (s->chunked)
+		return PARSE_STOP;
+	__u64 body = s->content_length < 0 ? 0 : s->content_length;
+
+	if (s->dir == DIR_WRITE) {
+		/* No body: 1xx, 204, 304 always; a response to HEAD carries a
+		 * Content-Length but no body, which shows as the next status
+		 * line right after the headers. A response without a length
+		 * runs to the connection's end. */
+		if (code < 200 || code == 204 || code == 304)
+			body = 0;
+		else if (end + MIN_MESSAGE <= n && response_status(&s->data[end & (SCAN_WINDOW - 1)]))
+			body = 0;
+		else if (s->content_length < 0)
+			return PARSE_STOP;
+	}
+	__u64 next = end + body;
+
+	if (next >= total) {
+		if (next - total > MAX_BODY)
+			return PARSE_STOP;
+		s->st.skip = next - total;
+		return 0;
+	}
+	if (next >= n) {
+		/* More bytes follow, but outside the scanned window. */
+		count_drop(DROP_MESSAGE_LIMIT);
+		return PARSE_STOP;
+	}
+	return next;
 }
 
 /*
  * The counting core: counts every message that starts in the user buffer
  * [buf, buf+len), for the transfer (process, connection, direction, time)
- * the hook layer put in the scratch. skip is how many leading bytes still
- * belong to the body of a message counted in an earlier segment of the same
- * syscall. Returns the number of bytes of the last message's body that run
- * past this buffer, or PARSE_STOP when the next message start cannot be known.
+ * count_transfer_on() put in the scratch, continuing the direction's stream
+ * state (s->st): body bytes still to skip, or the carried start of a message
+ * cut by the end of the previous transfer, which is parsed as if it came
+ * first in this buffer. Leaves in s->st where the stream stands at the end
+ * of the buffer. Returns 0, or PARSE_STOP when the next message start cannot
+ * be known (the state is then empty: the next transfer is looked at afresh).
  */
-__noinline int parse_buffer(__u64 buf, __u32 len, __u32 skip)
+__noinline int parse_buffer(__u64 buf, __u32 len)
 {
-	struct scan_scratch *s;
+	struct scan_scratch *s = cpu_scratch();
 	struct process_counts *pc;
+	int r;
 
-	if (skip >= len)
-		return skip - len;
-	__u32 avail = len - skip; /* bytes from the first message start to the buffer's end */
-	__u32 n = avail < SCAN_WINDOW ? avail : SCAN_WINDOW;
-
-	if (n < MIN_MESSAGE)
-		return PARSE_STOP;
-	s = cpu_scratch();
 	if (!s)
 		return PARSE_STOP;
+	if (!len)
+		return 0;
+	__u32 dir = s->dir & 1;
+	__u32 off = 0; /* where this buffer's part of the window starts */
+
+	if (s->st.skip) {
+		/* Inside a body. A message start where the body should go on
+		 * wins (a response to HEAD has a Content-Length and no body). */
+		__u32 peek = len < MIN_MESSAGE ? len : MIN_MESSAGE;
+
+		pad_after(s, 0);
+		if (bpf_probe_read_user(s->data, peek, (const void *)buf))
+			goto stop;
+		if (message_start(s->data, dir)) {
+			s->st.skip = 0;
+		} else if (s->st.skip >= len) {
+			s->st.skip -= len;
+			return 0;
+		} else {
+			off = s->st.skip;
+			s->st.skip = 0;
+		}
+	}
+	__u32 k = s->st.carry_len; /* the window starts with these carried bytes */
+	__u32 counted = s->st.carry_counted;
+
+	if (k > CARRY_MAX)
+		k = 0;
+	for (__u32 i = 0; i < CARRY_MAX; i += 8)
+		*(__u64 *)&s->data[i] = *(const __u64 *)&s->st.carry[i];
+	s->st.carry_len = 0;
+	s->st.carry_counted = 0;
+
+	__u32 avail = len - off; /* bytes of this buffer from its first possible message start */
+	__u32 nb = avail < SCAN_WINDOW - CARRY_MAX ? avail : SCAN_WINDOW - CARRY_MAX;
+	__u32 peek = nb < MIN_MESSAGE ? nb : MIN_MESSAGE;
+	__u32 total = k + avail; /* stream bytes from the window's start to the buffer's end */
+
 	/* Look at 16 bytes first: most socket traffic is not an HTTP start and
 	 * should not pay for copying the whole window. */
-	__u32 dir = s->dir;
-
-	if (bpf_probe_read_user(s->data, MIN_MESSAGE, (const void *)(buf + skip)))
-		return PARSE_STOP;
-	if (!message_start(s->data, dir))
-		return PARSE_STOP;
+	pad_after(s, k);
+	if (bpf_probe_read_user(&s->data[k], peek, (const void *)(buf + off)))
+		goto stop;
+	if (!counted && !message_start(s->data, dir)) {
+		if (nb == peek && !carry_start(0, k + peek))
+			return 0; /* the whole buffer is the start of a message */
+		/* What the bytes say about the connection. */
+		if (dir == DIR_WRITE ? is_request_start(s->data) : response_status(s->data) != 0)
+			s->verdict = VERDICT_CLIENT;
+		else if (dir == DIR_READ && s->stream_start && !k && !off && !is_proxy_header(s->data))
+			s->verdict = VERDICT_NOT_HTTP;
+		goto stop;
+	}
 	pc = process_entry(s, s->tgid);
 	if (!pc)
-		return PARSE_STOP;
-	if (bpf_probe_read_user(s->data, n, (const void *)(buf + skip)))
-		return PARSE_STOP;
+		goto stop;
+	if (nb > peek && bpf_probe_read_user(&s->data[k], nb, (const void *)(buf + off)))
+		goto stop;
+	__u32 n = k + nb; /* bytes of the window */
 
-	__u32 pos = 0; /* start of the current message, relative to buf + skip */
+	pad_after(s, n);
+	__u32 pos = 0; /* start of the current message in the window */
 	for (__u32 m = 0; m < MAX_MESSAGES; m++) {
 		__u32 code = message_start(&s->data[pos & (SCAN_WINDOW - 1)], dir);
 
-		if (!code)
-			return PARSE_STOP;
-		if (dir == DIR_READ) {
-			__sync_fetch_and_add(&pc->requests, 1);
-			request_read();
-		} else {
-			count_response(pc, code);
-			if (code >= 200) /* 1xx are interim: the request still awaits its response */
-				response_written();
+		if (!code) {
+			if (n == total && !carry_start(pos, n - pos))
+				return 0;
+			goto stop;
 		}
-
-		__u32 end = scan_headers(s, pos, n);
-
-		if (!end || s->chunked)
-			return PARSE_STOP;
-		__u64 body = s->content_length < 0 ? 0 : s->content_length;
-
-		if (dir == DIR_WRITE) {
-			/* No body: 1xx, 204, 304 always; a response to HEAD carries a
-			 * Content-Length but no body, which shows as the next status
-			 * line right after the headers. A response without a length
-			 * runs to the connection's end. */
-			if (code < 200 || code == 204 || code == 304)
-				body = 0;
-			else if (end + MIN_MESSAGE <= n &&
-				 response_status(&s->data[end & (SCAN_WINDOW - 1)]))
-				body = 0;
-			else if (s->content_length < 0)
-				return PARSE_STOP;
+		if (m > 0 || !counted) {
+			if (dir == DIR_READ) {
+				__sync_fetch_and_add(&pc->requests, 1);
+				s->requests_read++;
+				s->verdict = VERDICT_SERVER;
+			} else {
+				count_response(pc, code);
+				if (code >= 200) /* 1xx are interim: the request still awaits its response */
+					s->responses_final++;
+			}
 		}
-		__u64 next = end + body;
-
-		if (next >= avail)
-			return next - avail > MAX_BODY ? PARSE_STOP : (int)(next - avail);
-		if (next + MIN_MESSAGE > n) {
-			/* More bytes follow, but outside the scanned window. */
-			count_drop(DROP_MESSAGE_LIMIT);
-			return PARSE_STOP;
-		}
-		pos = next;
+		r = message_end(pos, n, total, code);
+		if (r == 0)
+			return 0;
+		if (r < 0)
+			goto stop;
+		pos = r;
 	}
 	count_drop(DROP_MESSAGE_LIMIT);
+stop:
+	s->st.skip = 0;
+	s->st.carry_len = 0;
+	s->st.carry_counted = 0;
 	return PARSE_STOP;
+}
+
+/* A connection's entry, created when there is something to remember and the
+ * socket is not closed already (a request read after a reset: nothing would
+ * remove the entry). is_sock: the key is a struct sock. */
+static __always_inline struct connection *new_connection(struct scan_scratch *s, __u64 key,
+							  __u32 is_sock)
+{
+	if (is_sock) {
+		struct sock *sk = (struct sock *)key;
+
+		if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE)
+			return 0;
+	}
+	__builtin_memset(&s->fresh_connection, 0, sizeof(s->fresh_connection));
+	s->fresh_connection.tgid = s->tgid;
+	if (bpf_map_update_elem(&connections, &key, &s->fresh_connection, BPF_NOEXIST) == -E2BIG) {
+		if (s->requests_read)
+			count_drop(DROP_AWAITING_FULL);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&connections, &key);
+}
+
+/* Queues the read time of the transfer's requests, or pairs its final
+ * responses with the oldest queued ones. */
+static __always_inline void pair_messages(struct scan_scratch *s, struct connection *c)
+{
+	if (s->requests_read) {
+		if (c->tgid != s->tgid) {
+			/* The socket changed hands: what the other process read is not ours to answer. */
+			c->tgid = s->tgid;
+			c->head = c->tail;
+		}
+		for (__u32 i = 0; i < MAX_MESSAGES; i++) {
+			if (i >= s->requests_read)
+				break;
+			if (c->tail - c->head >= MAX_AWAITING) {
+				count_drop(DROP_PIPELINE_DEPTH);
+				break;
+			}
+			c->read_ns[c->tail & (MAX_AWAITING - 1)] = s->io_ns;
+			c->tail++;
+		}
+		return;
+	}
+	if (c->tgid != s->tgid)
+		return;
+	for (__u32 i = 0; i < MAX_MESSAGES; i++) {
+		if (i >= s->responses_final || c->head == c->tail)
+			break;
+		__u64 read_ns = c->read_ns[c->head & (MAX_AWAITING - 1)];
+
+		c->head++;
+		if (s->io_ns > read_ns)
+			record_latency(s->io_ns - read_ns);
+	}
 }
 
 /* ---- hook layer ---- */
@@ -481,7 +671,7 @@ static __always_inline int remember_io(__u32 fd, __u64 buf, __u32 iovcnt, __u32 
 {
 	__u64 sk = tcp_socket_of(fd);
 
-	if (!sk)
+	if (!sk || skipped(bpf_map_lookup_elem(&connections, &sk)))
 		return 0;
 
 	__u64 id = bpf_get_current_pid_tgid();
@@ -515,12 +705,10 @@ static __always_inline int remember_msghdr(__u32 fd, __u64 msg, __u64 flags, __u
 	return iovcnt ? remember_io(fd, iov, iovcnt, dir) : 0;
 }
 
-/* Walks an iovec array as one stream: a body that runs past a segment is
- * skipped at the start of the next. */
+/* Walks an iovec array as one stream: a body or a message cut at the end
+ * of a segment goes on in the next. */
 static __always_inline void handle_iovecs(__u64 iov, __u32 iovcnt, __u64 total)
 {
-	int skip = 0;
-
 	for (__u32 i = 0; i < MAX_SEGMENTS; i++) {
 		struct user_iovec v;
 
@@ -533,33 +721,72 @@ static __always_inline void handle_iovecs(__u64 iov, __u32 iovcnt, __u64 total)
 		total -= seg;
 		if (seg > MAX_BODY)
 			seg = MAX_BODY;
-		skip = parse_buffer(v.base, seg, skip);
-		if (skip < 0)
+		if (parse_buffer(v.base, seg) < 0)
 			return;
 	}
 	if (total && iovcnt > MAX_SEGMENTS)
 		count_drop(DROP_SEGMENT_LIMIT);
 }
 
-/* The meeting point of both hook paths: hands one transfer of `len` bytes
- * (process, connection, direction, time, user buffer or iovec array) to the
- * counting core. */
-static __always_inline int count_transfer(__u32 tgid, __u64 sk, __u32 dir, __u64 io_ns, __u64 buf,
-					  __u32 iovcnt, long len)
+/* Flags of count_transfer_on(). */
+#define KEY_IS_SOCK 1  /* the connection key is a struct sock */
+#define STREAM_START 2 /* a read that holds the first bytes ever read on the connection */
+
+/* The counting core's entry, for a connection whose entry (c, or NULL) the
+ * hook already looked up: parses one transfer of `len` bytes (process,
+ * connection key, direction, time, user buffer or iovec array), then
+ * updates the connection: its stream state, its verdict, its latency queue. */
+static __always_inline int count_transfer_on(struct connection *c, __u32 tgid, __u64 key, __u32 dir,
+					     __u64 io_ns, __u64 buf, __u32 iovcnt, long len,
+					     __u32 flags)
 {
 	struct scan_scratch *s = cpu_scratch();
 
-	if (!s)
+	if (!s || len <= 0)
 		return 0;
+	dir &= 1;
 	s->tgid = tgid;
 	s->dir = dir;
-	s->sk = sk;
+	s->sk = key;
 	s->io_ns = io_ns;
+	s->stream_start = flags & STREAM_START;
+	s->requests_read = 0;
+	s->responses_final = 0;
+	s->verdict = VERDICT_UNKNOWN;
+	if (c)
+		s->st = c->stream[dir];
+	else
+		__builtin_memset(&s->st, 0, sizeof(s->st));
 	if (iovcnt)
 		handle_iovecs(buf, iovcnt, len);
 	else
-		parse_buffer(buf, len > MAX_BODY ? MAX_BODY : len, 0);
+		parse_buffer(buf, len > MAX_BODY ? MAX_BODY : len);
+
+	if (!c) {
+		if (!s->requests_read && !s->verdict && !s->st.carry_len && !s->st.skip)
+			return 0; /* nothing to remember */
+		c = new_connection(s, key, flags & KEY_IS_SOCK);
+		if (!c)
+			return 0;
+	}
+	c->stream[dir] = s->st;
+	if (s->verdict > c->verdict)
+		c->verdict = s->verdict;
+	if (s->requests_read || s->responses_final)
+		pair_messages(s, c);
 	return 0;
+}
+
+/* The counting core's entry for every hook: one transfer on the connection
+ * `key` (a struct sock on the socket and syscall paths; flags KEY_IS_SOCK). */
+static __always_inline int count_transfer(__u32 tgid, __u64 key, __u32 dir, __u64 io_ns, __u64 buf,
+					  __u32 iovcnt, long len, __u32 flags)
+{
+	struct connection *c = bpf_map_lookup_elem(&connections, &key);
+
+	if (skipped(c))
+		return 0;
+	return count_transfer_on(c, tgid, key, dir, io_ns, buf, iovcnt, len, flags);
 }
 
 /* Syscall path, exit side: the bytes actually transferred. */
@@ -573,12 +800,12 @@ static __always_inline int complete_io(long ret)
 	struct pending_io io = *p;
 
 	bpf_map_delete_elem(&syscalls_in_flight, &id);
-	if (ret < MIN_MESSAGE)
+	if (ret <= 0)
 		return 0;
 	/* A request was delivered when its read returned; a response began when its write did. */
 	return count_transfer(id >> 32, io.sk, io.dir,
 			      io.dir == DIR_READ ? bpf_ktime_get_ns() : io.enter_ns, io.buf, io.iovcnt,
-			      ret);
+			      ret, KEY_IS_SOCK);
 }
 
 /* ---- socket-layer path ---- */
@@ -587,11 +814,16 @@ static __always_inline int complete_io(long ret)
  * syscall's registers and hand the transfer on. */
 static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
 {
-	if (ctx->ret < MIN_MESSAGE || (ctx->family != AF_INET && ctx->family != AF_INET6) ||
+	if (ctx->ret <= 0 || (ctx->family != AF_INET && ctx->family != AF_INET6) ||
 	    (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_MPTCP) ||
 	    (dir == DIR_READ && (ctx->flags & MSG_PEEK)))
 		return 0;
 
+	__u64 key = ctx->sk;
+	struct connection *c = bpf_map_lookup_elem(&connections, &key);
+
+	if (skipped(c))
+		return 0; /* not HTTP, or a client: before any other work */
 	struct task_struct *task = bpf_get_current_task_btf();
 
 	if (BPF_CORE_READ(task, flags) & PF_KTHREAD)
@@ -627,8 +859,20 @@ static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
 		count_drop(DROP_UNSUPPORTED_SYSCALL);
 		return 0;
 	}
-	return count_transfer(bpf_get_current_pid_tgid() >> 32, ctx->sk, dir, bpf_ktime_get_ns(), arg,
-			      iovcnt, ctx->ret);
+	__u32 flags = KEY_IS_SOCK;
+
+	if (!c && dir == DIR_READ && ctx->protocol == IPPROTO_TCP) {
+		/* A connection without an entry: are these its first bytes?
+		 * (read so far = received in order - not yet read) */
+		struct tcp_sock *tp = (struct tcp_sock *)key;
+		__u64 received = BPF_CORE_READ(tp, bytes_received);
+		__u32 unread = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+
+		if (received - unread == (__u64)ctx->ret)
+			flags |= STREAM_START;
+	}
+	return count_transfer_on(c, bpf_get_current_pid_tgid() >> 32, key, dir, bpf_ktime_get_ns(),
+				 arg, iovcnt, ctx->ret, flags);
 }
 
 SEC("tracepoint/sock/sock_recv_length")
@@ -650,13 +894,13 @@ int sock_send(struct sock_length_args *ctx)
 SEC("tracepoint/syscalls/sys_enter_read")
 int enter_read(struct syscall_enter_args *ctx)
 {
-	return ARG(2) < MIN_MESSAGE ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_READ);
+	return ARG(2) == 0 ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_READ);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int enter_recvfrom(struct syscall_enter_args *ctx)
 {
-	if (ARG(2) < MIN_MESSAGE || (ARG(3) & MSG_PEEK))
+	if (ARG(2) == 0 || (ARG(3) & MSG_PEEK))
 		return 0;
 	return remember_io(ARG(0), ARG(1), 0, DIR_READ);
 }
@@ -676,13 +920,13 @@ int enter_recvmsg(struct syscall_enter_args *ctx)
 SEC("tracepoint/syscalls/sys_enter_write")
 int enter_write(struct syscall_enter_args *ctx)
 {
-	return ARG(2) < MIN_MESSAGE ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_WRITE);
+	return ARG(2) == 0 ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_WRITE);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int enter_sendto(struct syscall_enter_args *ctx)
 {
-	return ARG(2) < MIN_MESSAGE ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_WRITE);
+	return ARG(2) == 0 ? 0 : remember_io(ARG(0), ARG(1), 0, DIR_WRITE);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
@@ -706,18 +950,18 @@ int exit_socket_io(struct syscall_exit_args *ctx)
 	return complete_io(ctx->ret);
 }
 
-static long forget_if_owner(void *map, __u64 *sk, struct awaiting *a, __u32 *tgid)
+static long forget_if_owner(void *map, __u64 *key, struct connection *c, __u32 *tgid)
 {
-	if (a->tgid == *tgid)
-		bpf_map_delete_elem(map, sk);
+	if (c->tgid == *tgid)
+		bpf_map_delete_elem(map, key);
 	return 0;
 }
 
 /* Fires for every exiting thread: drop what it left in flight, and when the
  * whole process goes (its leader exits), its counts, so that a reused pid
- * starts from zero, and the requests it left unanswered (its sockets may
- * linger in FIN_WAIT long after it). Only processes that did HTTP pay for
- * the walk of awaiting_response. */
+ * starts from zero, and the connections whose requests it owned (its sockets
+ * may linger in FIN_WAIT long after it). Only processes that did HTTP pay
+ * for the walk of connections. */
 SEC("tracepoint/sched/sched_process_exit")
 int process_exit(void *ctx)
 {
@@ -728,7 +972,7 @@ int process_exit(void *ctx)
 	if ((__u32)id != tgid || bpf_map_delete_elem(&process_counts, &tgid))
 		return 0;
 	bpf_map_delete_elem(&latency_by_process, &tgid);
-	bpf_for_each_map_elem(&awaiting_response, forget_if_owner, &tgid, 0);
+	bpf_for_each_map_elem(&connections, forget_if_owner, &tgid, 0);
 	return 0;
 }
 
@@ -739,6 +983,18 @@ int socket_state(struct inet_sock_set_state_args *ctx)
 	__u64 sk = ctx->skaddr;
 
 	if (ctx->newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&awaiting_response, &sk);
+		bpf_map_delete_elem(&connections, &sk);
+	return 0;
+}
+
+/* The kernel frees the socket: whatever a read after its close left (a
+ * request of a client that reset the connection) goes with it, and a later
+ * socket at the same address starts afresh. */
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int socket_destroyed(struct tcp_event_sk_args *ctx)
+{
+	__u64 sk = ctx->skaddr;
+
+	bpf_map_delete_elem(&connections, &sk);
 	return 0;
 }

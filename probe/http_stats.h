@@ -80,23 +80,50 @@ struct latency_stats {
 	F(latency_stats, fine, 128)
 #define LATENCY_STATS_SIZE 1728
 
-/* Requests read but not yet answered on one connection (awaiting_response),
- * oldest first. */
-#define MAX_AWAITING 16 /* pipelined requests remembered per connection */
-struct awaiting {
-	__u32 tgid;        /* the process that read the requests */
-	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
-	__u32 pad;
-	__u64 read_ns[MAX_AWAITING];
+/* Where one direction of a connection's byte stream stands between two
+ * transfers: the body still to come before the next message can start, or
+ * the first bytes of a message whose start (or head) was cut by the end of
+ * the last transfer (Go's net/http reads "G", then "ET / HTTP/1.1...").
+ * Only the probe reads it. */
+#define CARRY_MAX 32
+struct stream_state {
+	__u32 skip;          /* body bytes still to come */
+	__u8 carry_len;      /* bytes kept in carry[] (at most CARRY_MAX) */
+	__u8 carry_counted;  /* carry[] begins a message already counted, whose head is unfinished */
+	__u8 pad[2];
+	char carry[CARRY_MAX];
 };
 
-#define AWAITING_FIELDS(F)     \
-	F(awaiting, tgid, 0)     \
-	F(awaiting, head, 4)     \
-	F(awaiting, tail, 8)     \
-	F(awaiting, pad, 12)     \
-	F(awaiting, read_ns, 16)
-#define AWAITING_SIZE 144
+/* What a connection was seen to be; the probe skips the last two at once,
+ * before it reads any user memory. */
+enum connection_verdict {
+	VERDICT_UNKNOWN = 0,  /* nothing decided yet (or seen from mid-stream) */
+	VERDICT_SERVER = 1,   /* the process reads requests on it */
+	VERDICT_CLIENT = 2,   /* the process writes requests or reads responses on it */
+	VERDICT_NOT_HTTP = 3, /* its first bytes read were not HTTP/1.x */
+};
+
+/* One connection (the `connections` map), kept for its life: its verdict,
+ * the requests read on it and not yet answered, oldest first, and each
+ * direction's stream state (indexed by DIR_READ, DIR_WRITE). The daemon
+ * counts the connections with requests queued (tail != head). */
+#define MAX_AWAITING 16 /* pipelined requests remembered per connection */
+struct connection {
+	__u32 tgid;        /* the process that read the queued requests */
+	__u32 verdict;     /* enum connection_verdict */
+	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
+	__u64 read_ns[MAX_AWAITING];
+	struct stream_state stream[2];
+};
+
+#define CONNECTION_FIELDS(F)      \
+	F(connection, tgid, 0)      \
+	F(connection, verdict, 4)   \
+	F(connection, head, 8)      \
+	F(connection, tail, 12)     \
+	F(connection, read_ns, 16)  \
+	F(connection, stream, 144)
+#define CONNECTION_SIZE 224
 
 /* iovecs walked per readv/writev/recvmsg/sendmsg; the daemon names it in a
  * log hint. */
@@ -128,7 +155,7 @@ struct awaiting {
 	DROP(SEGMENT_LIMIT, "segment_limit",                                              \
 	     "a readv/writev/recvmsg/sendmsg had more than " ABI_XSTR(MAX_SEGMENTS)       \
 	     " iovec segments; messages in the segments beyond are not counted")          \
-	/* a request found awaiting_response full: no latency for it */                   \
+	/* a request found the connections map full: no latency for it */                   \
 	DROP(AWAITING_FULL, "awaiting_table_full",                                        \
 	     "too many connections with unanswered requests; their latency is not "      \
 	     "measured")                                                                  \
@@ -162,7 +189,8 @@ enum probe_drop {
 
 ABI_LAYOUT_IS(process_counts, PROCESS_COUNTS_FIELDS, PROCESS_COUNTS_SIZE)
 ABI_LAYOUT_IS(latency_stats, LATENCY_STATS_FIELDS, LATENCY_STATS_SIZE)
-ABI_LAYOUT_IS(awaiting, AWAITING_FIELDS, AWAITING_SIZE)
+ABI_LAYOUT_IS(connection, CONNECTION_FIELDS, CONNECTION_SIZE)
+_Static_assert(sizeof(struct stream_state) == 8 + CARRY_MAX, "struct stream_state: padding");
 _Static_assert(1 << LOG2_SUB_BUCKETS == LATENCY_SUB_BUCKETS, "LOG2_SUB_BUCKETS");
 
 #endif /* HTTP_STATS_H */

@@ -51,6 +51,15 @@ struct file {
 
 struct sock_common {
 	unsigned short skc_family;
+	volatile unsigned char skc_state;
+} __attribute__((preserve_access_index));
+
+/* How far the user has read a TCP connection (socket path: tells the first
+ * bytes ever read apart). */
+struct tcp_sock {
+	__u64 bytes_received; /* in-order bytes received, read or not */
+	__u32 rcv_nxt;
+	__u32 copied_seq;     /* the next byte the user will read */
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -119,6 +128,12 @@ struct sock_length_args {
 	__u16 protocol;
 	int ret;
 	int flags;
+};
+
+/* tcp/tcp_destroy_sock: the socket is being freed. */
+struct tcp_event_sk_args {
+	__u64 common;
+	__u64 skaddr;
 };
 
 struct inet_sock_set_state_args {

@@ -47,7 +47,11 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-const COMMON: [&str; 2] = ["sched_process_exit", "inet_sock_set_state"];
+const COMMON: [&str; 3] = [
+    "sched_process_exit",
+    "inet_sock_set_state",
+    "tcp_destroy_sock",
+];
 
 fn hooks_info(daemon: &Daemon) -> String {
     let text = daemon.request("GET", "/metrics").text();

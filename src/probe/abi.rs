@@ -93,13 +93,15 @@ mirror! {
 }
 
 mirror! {
-    /// A connection's requests awaiting a response: the value of
-    /// `awaiting_response` (the daemon only counts its keys).
-    RawAwaiting = struct awaiting {
+    /// A connection: the value of the probe's `connections` map (the daemon
+    /// only reads whether requests are queued: `tail != head`).
+    RawConnection = struct connection {
         tgid: u32,
+        verdict: u32,
         head: u32,
         tail: u32,
-        pad: u32,
         read_ns: [u64; MAX_AWAITING],
+        // `struct stream_state stream[2]`, the probe's own.
+        stream: [[u8; 40]; 2],
     }
 }

@@ -54,10 +54,12 @@ pub(super) const SYSCALL_HOOKS: [Hook; 9] = [
     ),
 ];
 
-/// Needed on both paths: cleanup when processes exit and sockets close.
-pub(super) const COMMON_HOOKS: [Hook; 2] = [
+/// Needed on both paths: cleanup when processes exit and sockets close or
+/// are freed.
+pub(super) const COMMON_HOOKS: [Hook; 3] = [
     ("process_exit", "sched", &["sched_process_exit"]),
     ("socket_state", "sock", &["inet_sock_set_state"]),
+    ("socket_destroyed", "tcp", &["tcp_destroy_sock"]),
 ];
 
 /// The hook path in use.

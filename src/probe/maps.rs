@@ -6,7 +6,7 @@ use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::Ebpf;
 use log::warn;
 
-use super::abi::{RawAwaiting, RawLatencyStats, RawProcessCounts};
+use super::abi::{RawConnection, RawLatencyStats, RawProcessCounts};
 use super::describe;
 use crate::latency::LatencyHistogram;
 use crate::rates::{CounterSnapshot, ProbeDrops, ProcessCounts};
@@ -15,7 +15,7 @@ use crate::rates::{CounterSnapshot, ProbeDrops, ProcessCounts};
 pub(super) struct ProbeMaps {
     process_counts: HashMap<MapData, u32, RawProcessCounts>,
     latency_by_process: HashMap<MapData, u32, RawLatencyStats>,
-    awaiting_response: HashMap<MapData, u64, RawAwaiting>,
+    connections: HashMap<MapData, u64, RawConnection>,
     probe_drops: PerCpuArray<MapData, u64>,
 }
 
@@ -26,8 +26,8 @@ impl ProbeMaps {
                 .map_err(|e| describe("map process_counts", &e))?,
             latency_by_process: HashMap::try_from(take_map(ebpf, "latency_by_process")?)
                 .map_err(|e| describe("map latency_by_process", &e))?,
-            awaiting_response: HashMap::try_from(take_map(ebpf, "awaiting_response")?)
-                .map_err(|e| describe("map awaiting_response", &e))?,
+            connections: HashMap::try_from(take_map(ebpf, "connections")?)
+                .map_err(|e| describe("map connections", &e))?,
             probe_drops: PerCpuArray::try_from(take_map(ebpf, "probe_drops")?)
                 .map_err(|e| describe("map probe_drops", &e))?,
         })
@@ -66,11 +66,14 @@ impl ProbeMaps {
                 Err(e) => failures.note("probe_drops", "drop counts", e),
             }
         }
+        // Connections stay in the map for their life: in flight are those
+        // with requests queued.
         let mut awaiting_connections = 0;
-        for key in self.awaiting_response.keys() {
-            match key {
-                Ok(_) => awaiting_connections += 1,
-                Err(e) => failures.note("awaiting_response", "requests in flight", e),
+        for entry in self.connections.iter() {
+            match entry {
+                Ok((_, c)) if c.tail != c.head => awaiting_connections += 1,
+                Ok(_) => {}
+                Err(e) => failures.note("connections", "requests in flight", e),
             }
         }
         for message in failures.messages() {
