@@ -165,6 +165,36 @@ static __always_inline void count_drop(__u32 reason)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
+/* What tells one connection on a struct sock from a later one at the same
+ * address: its ports and addresses. */
+static __always_inline __u64 sock_ident(__u64 key)
+{
+	struct sock *sk = (struct sock *)key;
+
+	return BPF_CORE_READ(sk, __sk_common.skc_portpair) ^ BPF_CORE_READ(sk, __sk_common.skc_addrpair);
+}
+
+/* The entry of the socket `key`, or NULL. An entry left by an earlier socket
+ * at the same address (its close or free went unseen: a tracepoint program
+ * that fires while another runs on the CPU is skipped) is reset first, so a
+ * stale verdict never hides a new connection. */
+static __always_inline struct connection *sock_connection(__u64 key)
+{
+	struct connection *c = bpf_map_lookup_elem(&connections, &key);
+
+	if (c) {
+		__u64 ident = sock_ident(key);
+
+		if (c->ident != ident) {
+			c->ident = ident;
+			c->verdict = VERDICT_UNKNOWN;
+			c->head = c->tail;
+			__builtin_memset(&c->stream, 0, sizeof(c->stream));
+		}
+	}
+	return c;
+}
+
 /* Whether a connection's verdict says its transfers need not be looked at. */
 static __always_inline int skipped(struct connection *c)
 {
@@ -594,6 +624,8 @@ static __always_inline struct connection *new_connection(struct scan_scratch *s,
 	}
 	__builtin_memset(&s->fresh_connection, 0, sizeof(s->fresh_connection));
 	s->fresh_connection.tgid = s->tgid;
+	if (is_sock)
+		s->fresh_connection.ident = sock_ident(key);
 	if (bpf_map_update_elem(&connections, &key, &s->fresh_connection, BPF_NOEXIST) == -E2BIG) {
 		if (s->requests_read)
 			count_drop(DROP_AWAITING_FULL);
@@ -671,7 +703,7 @@ static __always_inline int remember_io(__u32 fd, __u64 buf, __u32 iovcnt, __u32 
 {
 	__u64 sk = tcp_socket_of(fd);
 
-	if (!sk || skipped(bpf_map_lookup_elem(&connections, &sk)))
+	if (!sk || skipped(sock_connection(sk)))
 		return 0;
 
 	__u64 id = bpf_get_current_pid_tgid();
@@ -782,7 +814,8 @@ static __always_inline int count_transfer_on(struct connection *c, __u32 tgid, _
 static __always_inline int count_transfer(__u32 tgid, __u64 key, __u32 dir, __u64 io_ns, __u64 buf,
 					  __u32 iovcnt, long len, __u32 flags)
 {
-	struct connection *c = bpf_map_lookup_elem(&connections, &key);
+	struct connection *c = flags & KEY_IS_SOCK ? sock_connection(key)
+						   : bpf_map_lookup_elem(&connections, &key);
 
 	if (skipped(c))
 		return 0;
@@ -820,7 +853,7 @@ static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
 		return 0;
 
 	__u64 key = ctx->sk;
-	struct connection *c = bpf_map_lookup_elem(&connections, &key);
+	struct connection *c = sock_connection(key);
 
 	if (skipped(c))
 		return 0; /* not HTTP, or a client: before any other work */

@@ -112,6 +112,7 @@ struct connection {
 	__u32 tgid;        /* the process that read the queued requests */
 	__u32 verdict;     /* enum connection_verdict */
 	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
+	__u64 ident;       /* the socket's ports and peer address: tells a reused struct sock apart */
 	__u64 read_ns[MAX_AWAITING];
 	struct stream_state stream[2];
 };
@@ -121,9 +122,10 @@ struct connection {
 	F(connection, verdict, 4)   \
 	F(connection, head, 8)      \
 	F(connection, tail, 12)     \
-	F(connection, read_ns, 16)  \
-	F(connection, stream, 144)
-#define CONNECTION_SIZE 224
+	F(connection, ident, 16)    \
+	F(connection, read_ns, 24)  \
+	F(connection, stream, 152)
+#define CONNECTION_SIZE 232
 
 /* iovecs walked per readv/writev/recvmsg/sendmsg; the daemon names it in a
  * log hint. */

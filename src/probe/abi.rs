@@ -100,6 +100,7 @@ mirror! {
         verdict: u32,
         head: u32,
         tail: u32,
+        ident: u64,
         read_ns: [u64; MAX_AWAITING],
         // `struct stream_state stream[2]`, the probe's own.
         stream: [[u8; 40]; 2],
