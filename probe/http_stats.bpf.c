@@ -166,12 +166,13 @@ static __always_inline void count_drop(__u32 reason)
 }
 
 /* What tells one connection on a struct sock from a later one at the same
- * address: its ports and addresses. */
+ * address: its ports (the client's is ephemeral). One read: this is on the
+ * path of every TCP transfer. */
 static __always_inline __u64 sock_ident(__u64 key)
 {
 	struct sock *sk = (struct sock *)key;
 
-	return BPF_CORE_READ(sk, __sk_common.skc_portpair) ^ BPF_CORE_READ(sk, __sk_common.skc_addrpair);
+	return BPF_CORE_READ(sk, __sk_common.skc_portpair);
 }
 
 /* The entry of the socket `key`, or NULL. An entry left by an earlier socket
@@ -506,6 +507,8 @@ __noinline int message_end(__u32 pos, __u32 n, __u32 total, __u32 code)
  * of the buffer. Returns 0, or PARSE_STOP when the next message start cannot
  * be known (the state is then empty: the next transfer is looked at afresh).
  */
+#define SHORT_COPY 256 /* buffers up to this long are copied in one read */
+
 __noinline int parse_buffer(__u64 buf, __u32 len)
 {
 	struct scan_scratch *s = cpu_scratch();
@@ -552,8 +555,10 @@ __noinline int parse_buffer(__u64 buf, __u32 len)
 	__u32 peek = nb < MIN_MESSAGE ? nb : MIN_MESSAGE;
 	__u32 total = k + avail; /* stream bytes from the window's start to the buffer's end */
 
-	/* Look at 16 bytes first: most socket traffic is not an HTTP start and
-	 * should not pay for copying the whole window. */
+	/* Look at 16 bytes first: traffic that is not an HTTP start should not
+	 * pay for copying a whole window. A short buffer is copied at once. */
+	if (nb <= SHORT_COPY)
+		peek = nb;
 	pad_after(s, k);
 	if (bpf_probe_read_user(&s->data[k], peek, (const void *)(buf + off)))
 		goto stop;
@@ -859,11 +864,11 @@ static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
 		return 0; /* not HTTP, or a client: before any other work */
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	if (BPF_CORE_READ(task, flags) & PF_KTHREAD)
+	if (task->flags & PF_KTHREAD)
 		return 0; /* kernel sockets (NFS, iSCSI...): no user buffer */
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	long nr = BPF_CORE_READ(regs, orig_ax);
-	__u64 arg = BPF_CORE_READ(regs, si); /* buf, iovec array or msghdr */
+	long nr = regs->orig_ax;
+	__u64 arg = regs->si; /* buf, iovec array or msghdr */
 	__u32 iovcnt = 0;
 
 	switch (nr) {
@@ -874,7 +879,7 @@ static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
 		break;
 	case NR_readv:
 	case NR_writev: {
-		__u64 n = BPF_CORE_READ(regs, dx);
+		__u64 n = regs->dx;
 
 		iovcnt = n > 1024 ? 1024 : n;
 		if (!iovcnt)

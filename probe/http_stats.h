@@ -112,7 +112,7 @@ struct connection {
 	__u32 tgid;        /* the process that read the queued requests */
 	__u32 verdict;     /* enum connection_verdict */
 	__u32 head, tail;  /* read_ns[head % MAX_AWAITING] is the oldest; tail - head queued */
-	__u64 ident;       /* the socket's ports and peer address: tells a reused struct sock apart */
+	__u64 ident;       /* the socket's ports: tells a reused struct sock apart */
 	__u64 read_ns[MAX_AWAITING];
 	struct stream_state stream[2];
 };

@@ -50,7 +50,6 @@ struct file {
 } __attribute__((preserve_access_index));
 
 struct sock_common {
-	__u64 skc_addrpair;  /* peer and local IPv4 address */
 	__u32 skc_portpair;  /* peer and local port */
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
