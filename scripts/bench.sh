@@ -13,11 +13,12 @@
 # --out (default bench-results.md). Needs root; installs nginx, wrk, node,
 # bpftrace and bpftool with apt-get when missing. Helper sources: scripts/bench/.
 #
-#   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--only PARTS] [--out FILE] [--no-build] [--keep]
+#   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--only PARTS] [--no-pin] [--out FILE] [--no-build] [--keep]
 #
 # --quick: 1 round, 2-second wrk runs, fewer iterations, 1/20/200 processes
 # (a smoke run, < 2 minutes; it asserts nothing about timings). --only:
 # a comma-separated subset of app (parts 1 and 2), scale (3), micro (4).
+# --no-pin: wrk and the servers on any CPU (as the first BENCHMARKS.md was).
 # --no-build: skip `cargo build --release`. --keep: keep the work directory
 # (raw records, wrk and bpftrace outputs) and say where.
 #
@@ -42,6 +43,7 @@ OUT=bench-results.md
 BUILD=1
 KEEP=0
 ONLY=app,scale,micro
+PIN=1
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -54,6 +56,7 @@ while [ $# -gt 0 ]; do
 	--out=*) OUT=${1#*=} ;;
 	--only) ONLY=${2:?--only needs app,scale,micro}; shift ;;
 	--only=*) ONLY=${1#*=} ;;
+	--no-pin) PIN=0 ;;
 	--no-build) BUILD=0 ;;
 	--keep) KEEP=1 ;;
 	-h | --help) usage; exit 0 ;;
@@ -80,6 +83,10 @@ part() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 # The load generator and the server on CPUs of their own (2 CPUs: wrk on 0,
 # the server on 1); the microbenchmark on the server's CPU.
 if [ "$(nproc)" -ge 2 ]; then LOAD_CPU=0 SERVER_CPU=1; else LOAD_CPU=0 SERVER_CPU=0; fi
+# --no-pin (to compare with how the first BENCHMARKS.md was measured): wrk
+# and the servers anywhere; the microbenchmark stays pinned.
+ALL_CPUS=0-$(($(nproc) - 1))
+if [ "$PIN" = 0 ]; then LOAD_PIN=$ALL_CPUS SERVER_PIN=$ALL_CPUS; else LOAD_PIN=$LOAD_CPU SERVER_PIN=$SERVER_CPU; fi
 MB_EXCHANGES=100000
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -256,7 +263,7 @@ meta memory_mb "$(awk '/^MemTotal/ {printf "%d", $2/1024}' /proc/meminfo)"
 meta load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta rounds "$ROUNDS"
 meta parts "$ONLY"
-meta pinning "wrk on CPU $LOAD_CPU, nginx and node on CPU $SERVER_CPU, microbenchmark on CPU $SERVER_CPU"
+meta pinning "wrk on CPU $LOAD_PIN, nginx and node on CPU $SERVER_PIN, microbenchmark on CPU $SERVER_CPU"
 meta exchanges "$MB_EXCHANGES"
 meta duration "$DURATION"
 meta quick "$QUICK"
@@ -408,13 +415,13 @@ mkdir -p "$WORK/www" "$WORK/nginx-tmp"
 printf 'hello from the benchmark\n' >"$WORK/www/small.txt"
 NGINX_PORT=$(free_port)
 sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$NGINX_PORT|g" "$HERE/nginx-static.conf.in" >"$WORK/nginx-static.conf"
-taskset -c "$SERVER_CPU" nginx -p "$WORK/" -c "$WORK/nginx-static.conf" -e "$WORK/nginx-static-error.log" 2>>"$WORK/nginx-static-error.log" &
+taskset -c "$SERVER_PIN" nginx -p "$WORK/" -c "$WORK/nginx-static.conf" -e "$WORK/nginx-static-error.log" 2>>"$WORK/nginx-static-error.log" &
 NGINX_MASTER=$!
 STARTED+=("$NGINX_MASTER")
 wait_http "http://127.0.0.1:$NGINX_PORT/small.txt" || die "nginx did not start: $(tail -3 "$WORK/nginx-static-error.log")"
 NGINX_WORKER=$(ps -o pid= --ppid "$NGINX_MASTER" | head -1 | tr -d ' ')
 
-taskset -c "$SERVER_CPU" node "$HERE/server.js" 0 >"$WORK/node.out" 2>&1 &
+taskset -c "$SERVER_PIN" node "$HERE/server.js" 0 >"$WORK/node.out" 2>&1 &
 NODE_PID=$!
 STARTED+=("$NODE_PID")
 for i in $(seq 100); do grep -q '^port ' "$WORK/node.out" && break; sleep 0.1; done
@@ -454,7 +461,7 @@ run_wrk() { # round config target url
 	[ -n "$TRACER_PID" ] && c0=$(cpu_ticks "$TRACER_PID")
 	local s0 s1
 	s0=$(cpu_ticks "${SERVER_PID[$t]}")
-	taskset -c "$LOAD_CPU" wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency "$url" >"$out" 2>&1 &
+	taskset -c "$LOAD_PIN" wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --latency "$url" >"$out" 2>&1 &
 	local wpid=$!
 	sleep "$(awk -v d="$DURATION" 'BEGIN{print d / 2}')"
 	[ -n "$TRACER_PID" ] && rss=$(status_kb "$TRACER_PID" VmRSS)
