@@ -477,6 +477,7 @@ run_wrk() { # round config target url
 	# The server's CPU per request (the probe runs in its syscalls, so its
 	# cost is charged there); for the proxy, the backend's alone.
 	record app "$r" "$c" "$t" server_cpu_us_per_req "$(awk -v t=$((s1 - s0)) -v h="$TCK" -v n="$reqs" 'BEGIN{if (n > 0) printf "%.2f", t / h * 1e6 / n}')"
+	record app "$r" "$c" "$t" server_cpu_pct "$(pct_of_core $((s1 - s0)) "$DURATION")"
 	[ "$rps" = "?" ] && log "wrk output: $(tr '\n' ' ' <"$out")"
 	record app "$r" "$c" "$t" rps "$rps"
 	record app "$r" "$c" "$t" p50_us "$p50"

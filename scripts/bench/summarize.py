@@ -175,8 +175,8 @@ def report(raw_path, meta_path):
     w("*server CPU µs/req*: the server process's CPU time (utime+stime) over the run / requests wrk completed; the probe runs "
       "in the server's syscalls, so its cost per request shows here whether or not the server had idle CPU to absorb it.")
     w("")
-    w("| server | configuration | req/s | p50 ms | p99 ms | throughput ratio | p50 ratio | p99 ratio | server CPU µs/req | its ratio | counted | tracer CPU % of a core | throughput ≥ 0.97 | p99 ≤ 1.05 |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| server | configuration | req/s | p50 ms | p99 ms | throughput ratio | p50 ratio | p99 ratio | server CPU µs/req | its ratio | server CPU % of a core | counted | tracer CPU % of a core | throughput ≥ 0.97 | p99 ≤ 1.05 |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in ("nginx", "node"):
         for c in ("baseline", "baseline-again", "socket", "syscalls", "bpftrace", "proxy"):
             if raw.has("app", c, t, "skipped"):
@@ -190,8 +190,9 @@ def report(raw_path, meta_path):
             cpu = raw.values("app", c, t, "tracer_cpu_pct")
             cnt = raw.values("app", c, t, "counted")
             scpu = raw.values("app", c, t, "server_cpu_us_per_req")
+            spct = raw.values("app", c, t, "server_cpu_pct")
             if c == "baseline":
-                w("| %s | %s | %s | %s | %s | 1 | 1 | 1 | %s | 1 | | | | |" % (t, APP_LABEL[c], spread(rps), spread(p50, 3), spread(p99, 3), spread(scpu, 2)))
+                w("| %s | %s | %s | %s | %s | 1 | 1 | 1 | %s | 1 | %s | | | | |" % (t, APP_LABEL[c], spread(rps), spread(p50, 3), spread(p99, 3), spread(scpu, 2), spread(spct, 0)))
                 continue
             tr = ratios(raw, "app", c, t, "rps", "baseline")
             r50 = ratios(raw, "app", c, t, "p50_us", "baseline")
@@ -201,9 +202,9 @@ def report(raw_path, meta_path):
             ok_p = med(r99) <= 1.05 if r99 else None
             if c == "baseline-again":
                 ok_t = ok_p = None
-            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 t, APP_LABEL[c], spread(rps), spread(p50, 3), spread(p99, 3), spread(tr, 3), spread(r50, 3), spread(r99, 3),
-                spread(scpu, 2), spread(rc, 3), spread(cnt, 3), spread(cpu, 1),
+                spread(scpu, 2), spread(rc, 3), spread(spct, 0), spread(cnt, 3), spread(cpu, 1),
                 verdict(ok_t) if c != "baseline-again" else "", verdict(ok_p) if c != "baseline-again" else ""))
             if c in ("socket", "syscalls"):
                 targets.append(("%s path, %s: throughput ≥ 0.97 of baseline" % (c, t), fmt(med(tr), 3) if tr else "n/a", verdict(ok_t)))
