@@ -12,7 +12,7 @@ BUILD_PKGS := clang libbpf-dev
 # Test needs: real servers and clients, promtool and prometheus, bpftool, an image
 # builder, tmux (a terminal for `top`);
 # plus kubernetes-validate from PyPI for the DaemonSet's schema.
-TEST_PKGS  := nginx nodejs python3 curl wrk netcat-openbsd prometheus bpftool buildah file tmux golang-go
+TEST_PKGS  := nginx nodejs python3 curl openssl wrk netcat-openbsd prometheus bpftool buildah file tmux golang-go
 
 MUSL      := x86_64-unknown-linux-musl
 DIST      := dist/$(BIN)
@@ -28,7 +28,7 @@ deps:
 		echo "installing $(BUILD_PKGS)"; apt-get update -qq && $(APT) $(BUILD_PKGS); fi
 
 test-deps: deps
-	@missing=""; for c in nginx node python3 curl wrk nc promtool prometheus bpftool buildah file tmux go; do \
+	@missing=""; for c in nginx node python3 curl openssl wrk nc promtool prometheus bpftool buildah file tmux go; do \
 		command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then echo "installing $(TEST_PKGS)"; apt-get update -qq && $(APT) $(TEST_PKGS); fi
 	@python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install -q kubernetes-validate
@@ -82,7 +82,7 @@ unit: deps
 	cargo test --locked --lib --bins
 
 # Suites whose counts depend on the hook path: run once per path (issue 9).
-PATH_SUITES := --test counting --test report --test latency --test limits --test split_starts --test hangups
+PATH_SUITES := --test counting --test report --test latency --test limits --test split_starts --test hangups --test tls
 
 # Loads the real probe: needs root. Every suite on the socket-layer path,
 # then the counting suites again on the syscall-tracepoint path.

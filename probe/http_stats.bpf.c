@@ -1036,3 +1036,7 @@ int socket_destroyed(struct tcp_event_sk_args *ctx)
 	bpf_map_delete_elem(&connections, &sk);
 	return 0;
 }
+
+/* ---- HTTPS through OpenSSL (uprobes; attached by the daemon's src/tls/) ---- */
+
+#include "tls.h"

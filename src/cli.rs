@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use log::LevelFilter;
 
+pub use crate::tls::TlsChoice;
+
 pub const DEFAULT_SOCKET: &str = "/var/run/scope/plugins/http-statistics/http-statistics.sock";
 
 /// The port `--metrics-address` listens on when it names none. Prometheus's
@@ -40,6 +42,8 @@ Options:
                          address and port, e.g. 0.0.0.0:10230, [::]:10230, :10230 (all
                          IPv4 addresses) [default: off; port 10230, unregistered on
                          Prometheus's default port list, where 9100-9999 is taken]
+  --tls MODE             auto or off: count HTTPS served through OpenSSL (uprobes on
+                         libssl and on executables that export it, like node) [default: auto]
   --log-level LEVEL      error, warn, info, debug or trace [default: info]
   -h, --help             Print this help and exit
   --healthcheck          Ask the daemon on --socket for its report and exit 0 when it
@@ -60,6 +64,7 @@ pub struct Config {
     pub hostname: Option<String>,
     pub max_processes: u32,
     pub hooks: HookChoice,
+    pub tls: TlsChoice,
     pub log_level: LevelFilter,
     /// Where to serve /metrics over TCP as well, if anywhere.
     pub metrics_address: Option<SocketAddr>,
@@ -88,6 +93,7 @@ where
         hostname: None,
         max_processes: DEFAULT_MAX_PROCESSES,
         hooks: HookChoice::Auto,
+        tls: TlsChoice::Auto,
         log_level: LevelFilter::Info,
         metrics_address: None,
     };
@@ -146,6 +152,14 @@ where
             }
             "--metrics-address" => {
                 config.metrics_address = Some(metrics_address(&value("--metrics-address")?)?)
+            }
+            "--tls" => {
+                let v = value("--tls")?;
+                config.tls = match v.as_str() {
+                    "auto" => TlsChoice::Auto,
+                    "off" => TlsChoice::Off,
+                    _ => return Err(format!("--tls: {v:?} is not one of auto, off")),
+                };
             }
             "--log-level" => {
                 let v = value("--log-level")?;
@@ -226,6 +240,7 @@ mod tests {
         assert_eq!(c.hostname, None);
         assert_eq!(c.max_processes, DEFAULT_MAX_PROCESSES);
         assert_eq!(c.hooks, HookChoice::Auto);
+        assert_eq!(c.tls, TlsChoice::Auto);
         assert_eq!(c.log_level, LevelFilter::Info);
         assert_eq!(c.metrics_address, None);
     }
@@ -304,6 +319,13 @@ mod tests {
         assert!(parse(["--hooks", "kprobes"])
             .unwrap_err()
             .contains("--hooks"));
+    }
+
+    #[test]
+    fn tls_choices() {
+        assert_eq!(run(&["--tls", "off"]).tls, TlsChoice::Off);
+        assert_eq!(run(&["--tls=auto"]).tls, TlsChoice::Auto);
+        assert!(parse(["--tls", "on"]).unwrap_err().contains("--tls"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
 use crate::server::{Page, PageSlot, SocketServer, MAX_CONNECTIONS};
 use crate::socket_path::{self, plugin_id};
+use crate::tls::{TlsChoice, TlsHooks};
 use crate::{fd_budget, metrics, metrics_listener, report};
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -110,6 +111,22 @@ fn render(
     ]
 }
 
+/// The TLS hooks unless `--tls off`; a kernel without uprobes leaves the
+/// daemon counting plaintext only, and says so. Hooks what runs already.
+fn start_tls(choice: TlsChoice, probe: &mut Probe) -> Option<TlsHooks> {
+    if choice == TlsChoice::Off {
+        info!("tls: off (--tls off): HTTPS through OpenSSL is not counted");
+        return None;
+    }
+    match TlsHooks::start(probe.ebpf_mut()) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            warn!("tls: HTTPS through OpenSSL is not counted: {e}");
+            None
+        }
+    }
+}
+
 pub fn run(config: Config) -> Result<(), String> {
     init_logging(config.log_level);
     // Before anything opens descriptors; see fd_budget.
@@ -136,17 +153,19 @@ pub fn run(config: Config) -> Result<(), String> {
         .metrics_address
         .map(metrics_listener::bind)
         .transpose()?;
-    let probe = Probe::load(config.max_processes, config.hooks)?;
+    let mut probe = Probe::load(config.max_processes, config.hooks)?;
     info!(
         "probe attached on the {} path ({}), up to {} processes",
         probe.hook_path.name(),
         probe.hook_reason,
         config.max_processes
     );
-    let facts = DaemonFacts {
+    let mut tls = start_tls(config.tls, &mut probe);
+    let mut facts = DaemonFacts {
         tracked_limit: config.max_processes,
         hook_path: probe.hook_path.name(),
         hook_reason: probe.hook_reason.clone(),
+        tls_libraries: tls.as_ref().map_or(0, TlsHooks::hooked_files),
     };
     let mut tracker = RateTracker::default();
     let mut last = Instant::now();
@@ -160,10 +179,11 @@ pub fn run(config: Config) -> Result<(), String> {
     );
     let tcp_slot: PageSlot = Arc::new(Mutex::new(metrics_listener::metrics_only(&first)));
     let slot: PageSlot = Arc::new(Mutex::new(first));
-    // Counted once the probe holds its maps, programs and links.
+    // Counted once the probe holds its maps, programs and links, with room
+    // for the TLS hooks of files found later.
     let max_connections = fd_budget::connection_cap(
         open_files,
-        fd_budget::open_descriptors()?,
+        fd_budget::open_descriptors()? + tls.as_ref().map_or(0, TlsHooks::descriptors_to_come),
         MAX_CONNECTIONS,
         MIN_CONNECTIONS,
     )?;
@@ -186,6 +206,12 @@ pub fn run(config: Config) -> Result<(), String> {
     while !stop.load(Ordering::Relaxed) {
         if hup.swap(false, Ordering::Relaxed) {
             info!("SIGHUP: nothing to reload, carrying on");
+        }
+        // Between snapshots too: a server that just started is hooked as
+        // soon as the inspector has found its OpenSSL.
+        if let Some(tls) = tls.as_mut() {
+            tls.poll(probe.ebpf_mut());
+            facts.tls_libraries = tls.hooked_files();
         }
         let now = Instant::now();
         if now < next {
@@ -225,6 +251,7 @@ pub fn run(config: Config) -> Result<(), String> {
     info!("stopping: removing {}", config.socket.display());
     drop(server);
     drop(tcp_server);
+    drop(tls);
     drop(probe);
     Ok(())
 }

@@ -22,4 +22,5 @@ pub mod rates;
 pub mod report;
 pub mod server;
 pub mod socket_path;
+pub mod tls;
 pub mod top;

@@ -34,6 +34,8 @@ pub struct DaemonFacts {
     /// The probe's hook path ("socket" or "syscalls") and why it was chosen.
     pub hook_path: &'static str,
     pub hook_reason: String,
+    /// Files (libssl, executables exporting OpenSSL) the TLS hooks are on.
+    pub tls_libraries: usize,
 }
 
 /// Renders every counter in `snapshot`, taken at `taken_at` (Unix seconds),
@@ -181,6 +183,18 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
         facts.hook_path,
         escape(&facts.hook_reason)
     );
+    header(
+        &mut out,
+        "scope_http_statistics_tls_libraries",
+        "gauge",
+        "Distinct files holding OpenSSL (shared libssl, executables that export it) whose reads and \
+         writes are hooked to count HTTPS; 0 with --tls off.",
+    );
+    let _ = writeln!(
+        out,
+        "scope_http_statistics_tls_libraries {}",
+        facts.tls_libraries
+    );
     out
 }
 
@@ -196,6 +210,7 @@ mod tests {
             tracked_limit,
             hook_path: "socket",
             hook_reason: "auto: \"why\"".into(),
+            tls_libraries: 2,
         }
     }
 
@@ -244,6 +259,7 @@ mod tests {
             "scope_http_statistics_inflight_requests 4",
             "scope_http_statistics_tracked_processes_limit 100",
             "scope_http_statistics_snapshot_timestamp_seconds 1700000000.250",
+            "scope_http_statistics_tls_libraries 2",
         ];
         for line in expected {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");

@@ -67,6 +67,7 @@ fn fixed_pages() -> PageSlot {
         tracked_limit: 16384,
         hook_path: "socket",
         hook_reason: "fixed page for tests".to_string(),
+        tls_libraries: 0,
     };
     let metrics = metrics::render(&CounterSnapshot::default(), 1_796_083_200.0, &facts);
     Arc::new(Mutex::new(vec![

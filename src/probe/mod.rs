@@ -27,7 +27,7 @@ static PROBE_OBJECT: &[u8] =
 /// The loaded and attached probe. Dropping it detaches everything.
 pub struct Probe {
     // Owns the programs and their links; the maps were taken out of it.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     maps: maps::ProbeMaps,
     pub hook_path: HookPath,
     /// Why this path: forced, or what auto found.
@@ -52,11 +52,17 @@ impl Probe {
         hooks::attach(&mut ebpf, path)?;
         let maps = maps::ProbeMaps::take(&mut ebpf)?;
         Ok(Probe {
-            _ebpf: ebpf,
+            ebpf,
             maps,
             hook_path: path,
             hook_reason: reason,
         })
+    }
+
+    /// The loaded object, for the TLS hooks (src/tls/), which load and
+    /// attach programs of their own.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Reads every process's counters and the drop counters.
