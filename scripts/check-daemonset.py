@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the fields of the DaemonSet that decide whether the probe can load
 with the least privilege (the schema check cannot tell): hostPID, dropped
-capabilities plus BPF and PERFMON only, not privileged, read-only root,
+capabilities plus BPF, PERFMON and SYS_PTRACE only, not privileged, read-only root,
 tracefs and the plugins directory mounted, probes, requests and limits."""
 import sys
 
@@ -22,7 +22,7 @@ sc.get("privileged") in (False, None) or fail("must not be privileged")
 sc.get("readOnlyRootFilesystem") is True or fail("root filesystem must be read-only")
 sc.get("allowPrivilegeEscalation") is False or fail("allowPrivilegeEscalation must be false")
 sc["capabilities"]["drop"] == ["ALL"] or fail("must drop ALL capabilities")
-sorted(sc["capabilities"]["add"]) == ["BPF", "PERFMON"] or fail("must add exactly BPF and PERFMON")
+sorted(sc["capabilities"]["add"]) == ["BPF", "PERFMON", "SYS_PTRACE"] or fail("must add exactly BPF, PERFMON and SYS_PTRACE")
 mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
 volumes = {v["name"]: v for v in spec["volumes"]}
 for path in ("/var/run/scope/plugins", "/sys/kernel/tracing"):
@@ -46,4 +46,4 @@ notes.get("prometheus.io/scrape") == "true" or fail("prometheus.io/scrape must b
 notes.get("prometheus.io/port") == str(ports["metrics"]) or fail("prometheus.io/port must be the metrics port")
 for kind in ("requests", "limits"):
     set(c["resources"][kind]) >= {"cpu", "memory"} or fail(f"resources.{kind} needs cpu and memory")
-print("ok: DaemonSet fields: hostPID, BPF+PERFMON only, read-only root, mounts, probes, limits, metrics port")
+print("ok: DaemonSet fields: hostPID, BPF+PERFMON+SYS_PTRACE only, read-only root, mounts, probes, limits, metrics port")
