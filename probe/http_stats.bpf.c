@@ -893,7 +893,14 @@ static __always_inline int socket_io(struct sock_length_args *ctx, __u32 dir)
 			return 0;
 		break;
 	default:
-		/* io_uring, sendfile, splice, recvmmsg/sendmmsg...: no buffer we can read. */
+		/* io_uring, sendfile, splice, recvmmsg/sendmmsg...: no buffer we can
+		 * read. When a body is due, these are its bytes (nginx sends a
+		 * file's body with sendfile): the stream stays in step. */
+		if (c && c->stream[dir].skip) {
+			__u32 n = ctx->ret, skip = c->stream[dir].skip;
+
+			c->stream[dir].skip = skip > n ? skip - n : 0;
+		}
 		count_drop(DROP_UNSUPPORTED_SYSCALL);
 		return 0;
 	}
