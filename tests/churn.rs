@@ -5,7 +5,7 @@
 //! `cc`): each child owns one loopback TCP connection to itself and serves
 //! requests on it, so it counts exactly its own requests and 200s. The tests
 //! of this file are host-wide (thousands of processes, the kernel's pid
-//! counter, the list of loaded BPF programs), so they take [`SERIAL`].
+//! counter, the list of loaded BPF programs), so they take [`serial`].
 
 mod common;
 
@@ -17,20 +17,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The comm of every process the churn program starts.
 const CHURN_COMM: &str = "shs-churn";

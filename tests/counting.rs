@@ -90,12 +90,7 @@ fn nginx_pipelined(n: usize) {
     let daemon = Daemon::start();
     let server = start_nginx();
 
-    let reply = tcp_exchange(server.port, pipelined_gets("/", n).as_bytes());
-    assert_eq!(
-        response_statuses(&reply),
-        vec![200; n],
-        "nginx's answers (client side)"
-    );
+    get_pipelined(server.port, "/", n);
 
     daemon.wait_for_counts(
         &format!("nginx, {n} pipelined requests"),
@@ -129,12 +124,10 @@ fn several_responses_in_one_write_are_each_counted() {
     let server = start_python_batching_writer();
 
     // 10 pipelined requests, answered by one send holding 10 responses.
-    let reply = tcp_exchange(server.port, pipelined_gets("/", 10).as_bytes());
-    assert_eq!(response_statuses(&reply), vec![200; 10]);
+    get_pipelined(server.port, "/", 10);
     // 4 pipelined requests, answered by one sendmsg of 8 iovecs (each
     // response's head and body in an iovec of its own).
-    let reply = tcp_exchange(server.port, pipelined_gets("/iov", 4).as_bytes());
-    assert_eq!(response_statuses(&reply), vec![200; 4]);
+    get_pipelined(server.port, "/iov", 4);
 
     daemon.wait_for_counts(
         "python, batched responses",

@@ -314,18 +314,8 @@ fn sighup_is_logged_and_ignored_and_sigpipe_does_not_kill_the_daemon() {
     );
     assert_eq!(daemon.report()["Plugins"][0]["id"], "http-statistics");
 
-    // 200 clients that ask for /report and will not take the answer: each
-    // shuts its reading side, so the daemon's write fails with EPIPE and
-    // raises SIGPIPE for sure.
-    for i in 0..200 {
-        let mut client = connect(&socket).unwrap();
-        client.shutdown(std::net::Shutdown::Read).unwrap();
-        client.write_all(SCOPE_POLL).unwrap();
-        assert!(
-            wait_for_hangup(&client, Duration::from_secs(2)).is_some(),
-            "vanishing client #{i}: the daemon did not close the connection within 2 s"
-        );
-    }
+    // 200 clients whose answers raise SIGPIPE in the daemon.
+    clients_that_shut_their_reading_side(&socket, 200);
     assert_eq!(
         daemon.try_exit_status(),
         None,

@@ -17,12 +17,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -52,15 +51,6 @@ const LE_LABELS: [&str; 15] = [
 /// How long after the last change the in-flight gauge must show it (the
 /// daemon snapshots once a second).
 const INFLIGHT_TIMEOUT: Duration = Duration::from_millis(3500);
-
-/// Serializes the tests of this file (see the module comment). A test that
-/// panicked poisons the lock; the next one goes on regardless.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The host's load averages: latencies are wall-clock times, so a host
 /// saturated by something else (another test suite, a build) stretches them;
@@ -344,27 +334,9 @@ impl PyServer {
     /// prints its port first.
     fn spawn(what: &str, script: &str, args: &[&str]) -> PyServer {
         let dir = TempDir::new("latency");
-        let log = dir.path().join("server.log");
-        let mut child = Command::new(python())
-            .arg("-u")
-            .arg(fixture(script))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let Ok(port) = line.trim().parse() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not print its port (printed {line:?}); stderr:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
+        let mut command = Command::new(python());
+        command.arg("-u").arg(fixture(script)).args(args);
+        let (child, port, stdout) = spawn_printing_port(&mut command, dir.path(), what);
         PyServer {
             pid: child.id(),
             child,

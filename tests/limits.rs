@@ -2,7 +2,7 @@
 //! and the 16 messages counted per buffer, with their drop counters and log.
 //!
 //! The drop counters are host-wide (any process on the host can make them
-//! grow), so the tests of this file take [`SERIAL`] and never overlap; other
+//! grow), so the tests of this file take [`serial`] and never overlap; other
 //! test binaries run before or after this one, never alongside.
 
 mod common;
@@ -10,21 +10,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs the tests of this file one at a time (a failed test poisons the
-/// mutex; the next one still runs).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 const TRACKED: &str = "scope_http_statistics_tracked_processes";
 const TRACKED_LIMIT: &str = "scope_http_statistics_tracked_processes_limit";
@@ -370,18 +360,9 @@ fn nginx_pipelined(n: usize, expected_requests: u64, expected_message_limit: u64
 
     // nginx reads a new connection into its 1 KiB client_header_buffer: all
     // requests must fit, so that one read holds them all.
-    let requests = pipelined_gets("/", n);
-    assert!(
-        requests.len() < 1000,
-        "{n} pipelined requests take {} bytes",
-        requests.len()
-    );
-    let reply = tcp_exchange(server.port, requests.as_bytes());
-    assert_eq!(
-        response_statuses(&reply),
-        vec![200; n],
-        "nginx's answers (client side)"
-    );
+    let bytes = pipelined_gets("/", n).len();
+    assert!(bytes < 1000, "{n} pipelined requests take {bytes} bytes");
+    get_pipelined(server.port, "/", n);
 
     // nginx answers each pipelined request with a writev of its own, so every
     // response is counted; the read holding the n requests counts the first

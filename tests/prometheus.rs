@@ -2,8 +2,6 @@
 //! the Grafana dashboard's queries run against what it scraped.
 
 mod common;
-#[path = "common/paced.rs"]
-mod paced;
 #[path = "common/prometheus.rs"]
 mod prometheus;
 
@@ -16,7 +14,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::*;
-use paced::PacedLoad;
 use prometheus::{unix_now, Prometheus, JOB};
 
 /// Requests per second the server gets (from `CLIENTS` paced clients at
@@ -79,10 +76,10 @@ fn scraped_traffic() -> Scraped {
     );
 
     let server_port = server.port;
-    let loads: Vec<PacedLoad> = (0..CLIENTS)
+    let loads: Vec<TrafficLoop> = (0..CLIENTS)
         .map(|_| {
             let mut i = 0u64;
-            PacedLoad::start(RATE / f64::from(CLIENTS), move || {
+            TrafficLoop::paced(RATE / f64::from(CLIENTS), move || {
                 let (path, status) = match i % 10 {
                     8 => ("/status/404".to_string(), 404),
                     9 => ("/status/500".to_string(), 500),
@@ -94,7 +91,7 @@ fn scraped_traffic() -> Scraped {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(LOAD_SECONDS));
-    let per_client: Vec<u64> = loads.into_iter().map(PacedLoad::finish).collect();
+    let per_client: Vec<u64> = loads.into_iter().map(TrafficLoop::finish).collect();
     let during_load = unix_now() - 2.0;
 
     let sent = per_client.iter().sum();

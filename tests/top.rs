@@ -3,8 +3,6 @@
 //! rates; and `--once` through a pipe.
 
 mod common;
-#[path = "common/paced.rs"]
-mod paced;
 #[path = "common/tmux.rs"]
 mod tmux;
 
@@ -12,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use paced::PacedLoad;
 use tmux::Tmux;
 
 /// Latencies are bounded below by the handlers' sleeps, less the daemon's
@@ -38,7 +35,7 @@ const SHOW_TIMEOUT: Duration = Duration::from_secs(15);
 /// slow, failing, fast.
 struct BusyHost {
     // Stopped first (fields drop in order), before the servers go away.
-    _loads: Vec<PacedLoad>,
+    _loads: Vec<TrafficLoop>,
     daemon: Daemon,
     fast: Server,
     failing: Server,
@@ -53,10 +50,10 @@ fn busy_host() -> BusyHost {
     let (fast_port, failing_port, slow_port) = (fast.port, failing.port, slow.port);
     let mut flip = false;
     let loads = vec![
-        PacedLoad::start(FAST_RATE, move || {
+        TrafficLoop::paced(FAST_RATE, move || {
             assert_eq!(http_get(fast_port, "/"), 200);
         }),
-        PacedLoad::start(FAILING_RATE, move || {
+        TrafficLoop::paced(FAILING_RATE, move || {
             flip = !flip;
             if flip {
                 assert_eq!(http_get(failing_port, "/status/500"), 500);
@@ -64,7 +61,7 @@ fn busy_host() -> BusyHost {
                 assert_eq!(http_get(failing_port, "/delay/30"), 200);
             }
         }),
-        PacedLoad::start(SLOW_RATE, move || {
+        TrafficLoop::paced(SLOW_RATE, move || {
             assert_eq!(http_get(slow_port, "/delay/150"), 200);
         }),
     ];

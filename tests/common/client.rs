@@ -1,12 +1,14 @@
 //! The client side of HTTP/1.1 over TCP: reading responses, one-shot
-//! exchanges, pipelined requests, curl, and a background traffic loop.
+//! exchanges, pipelined requests, curl, and background traffic (paced or
+//! as fast as a round allows).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -191,35 +193,75 @@ pub fn pipelined_gets(path: &str, n: usize) -> String {
     requests
 }
 
-/// A background loop that sends requests until stopped; counts what it sent
-/// so the test can assert exact totals afterwards.
+/// Sends `n` pipelined `GET path` requests in ONE write on a fresh
+/// connection; asserts that the client got `n` answers, all 200.
+pub fn get_pipelined(port: u16, path: &str, n: usize) {
+    let reply = tcp_exchange(port, pipelined_gets(path, n).as_bytes());
+    assert_eq!(
+        response_statuses(&reply),
+        vec![200; n],
+        "the answers to {n} pipelined GET {path} (client side)"
+    );
+}
+
+/// Requests sent from a background thread until stopped, counted, so the
+/// test can assert exact totals (and, when paced, rates) afterwards.
 pub struct TrafficLoop {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<u64>>,
 }
 
 impl TrafficLoop {
-    /// Repeats `round` (one round of requests) until [`TrafficLoop::finish`].
+    /// Repeats `round` (one round of requests) until [`TrafficLoop::finish`],
+    /// which returns how many complete rounds it ran.
     pub fn start(mut round: impl FnMut() + Send + 'static) -> TrafficLoop {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = thread::spawn(move || {
+        TrafficLoop::spawn(move |stop| {
             let mut rounds = 0;
-            while !flag.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 round();
                 rounds += 1;
                 // Keep the rate modest: the probe is host-wide and tests run in parallel.
                 thread::sleep(Duration::from_millis(20));
             }
             rounds
-        });
+        })
+    }
+
+    /// Calls `request` `per_second` times a second on a fixed schedule (late
+    /// requests catch up, so the average rate holds) until
+    /// [`TrafficLoop::finish`], which returns how many it made.
+    pub fn paced(per_second: f64, mut request: impl FnMut() + Send + 'static) -> TrafficLoop {
+        let period = Duration::from_secs_f64(1.0 / per_second);
+        TrafficLoop::spawn(move |stop| {
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let due = started + period * sent as u32;
+                let now = Instant::now();
+                if due > now {
+                    thread::sleep(due - now);
+                    continue;
+                }
+                request();
+                sent += 1;
+            }
+            sent
+        })
+    }
+
+    /// Runs `body` on a thread of its own; `body` returns its count once the
+    /// flag it is given is set.
+    fn spawn(body: impl FnOnce(&AtomicBool) -> u64 + Send + 'static) -> TrafficLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || body(&flag));
         TrafficLoop {
             stop,
             handle: Some(handle),
         }
     }
 
-    /// Stops the loop; returns how many complete rounds it ran.
+    /// Stops the loop; returns its count (each request counted completed).
     pub fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
         self.handle

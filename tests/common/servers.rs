@@ -4,7 +4,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -42,29 +42,10 @@ impl Server {
         fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// Spawns `command` (stdout piped, stderr to server.log) and reads the
-    /// port it prints as its first line.
+    /// Runs `command` as a server that prints its port first; keeps
+    /// draining its stdout so that it never blocks on a full pipe.
     fn spawn_printing_port(mut command: Command, dir: TempDir, what: &str) -> Server {
-        let log = dir.path().join("server.log");
-        let mut child = command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        let mut first_line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let _ = stdout.read_line(&mut first_line);
-        let port = parse_port(&first_line).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not print its port (printed {first_line:?}); stderr:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        // Keep draining stdout so the server never blocks on a full pipe.
+        let (child, port, mut stdout) = spawn_printing_port(&mut command, dir.path(), what);
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
         let pid = child.id();
         Server {
@@ -80,6 +61,37 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Spawns `command` in `dir` (stdout piped, stderr to `dir`/server.log) and
+/// reads the port it prints as its first line; returns the child, the port
+/// and the rest of its stdout. Panics with the server's stderr if it prints
+/// no port.
+pub fn spawn_printing_port(
+    command: &mut Command,
+    dir: &Path,
+    what: &str,
+) -> (Child, u16, BufReader<ChildStdout>) {
+    let log = dir.join("server.log");
+    let mut child = command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let mut first_line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let _ = stdout.read_line(&mut first_line);
+    let Some(port) = parse_port(&first_line) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} did not print its port (printed {first_line:?}); stderr:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    };
+    (child, port, stdout)
 }
 
 /// The port in a line like "41234" or "Serving HTTP on 127.0.0.1 port 41234 (...)".

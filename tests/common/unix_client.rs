@@ -3,7 +3,7 @@
 //! timeouts, so that a server that stalls makes a test fail, never hang, and
 //! what the server answered and how it ended the connection told apart.
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -236,6 +236,22 @@ pub fn wait_for_hangup(stream: &UnixStream, limit: Duration) -> Option<Duration>
         }
     }
     None
+}
+
+/// `n` clients, one after the other, that send a Scope poll and will not
+/// take the answer: each shuts its reading side first, so the server's
+/// write fails with EPIPE (and raises SIGPIPE) for sure. Panics unless the
+/// server hangs up on each within 2 s.
+pub fn clients_that_shut_their_reading_side(socket: &Path, n: usize) {
+    for i in 0..n {
+        let mut client = connect(socket).unwrap();
+        client.shutdown(std::net::Shutdown::Read).unwrap();
+        client.write_all(SCOPE_POLL).unwrap();
+        assert!(
+            wait_for_hangup(&client, Duration::from_secs(2)).is_some(),
+            "vanishing client #{i}: the server did not close the connection within 2 s"
+        );
+    }
 }
 
 /// Pseudo-random bytes (xorshift64*), the same on every run.
