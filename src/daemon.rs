@@ -12,7 +12,7 @@ use crate::cli::Config;
 use crate::metrics::DaemonFacts;
 use crate::probe::Probe;
 use crate::rates::{CounterSnapshot, ProbeDrops, RateTracker};
-use crate::server::{Page, PageSlot, SocketServer, MAX_CONNECTIONS};
+use crate::server::{self, Page, PageSlot, SocketServer, MAX_CONNECTIONS};
 use crate::socket_path::{self, plugin_id};
 use crate::tls::{TlsChoice, TlsHooks};
 use crate::{fd_budget, metrics, metrics_listener, report};
@@ -237,16 +237,9 @@ pub fn run(config: Config) -> Result<(), String> {
             &facts,
         );
         if tcp_server.is_some() {
-            let pages = metrics_listener::metrics_only(&rendered);
-            match tcp_slot.lock() {
-                Ok(mut s) => *s = pages,
-                Err(poisoned) => *poisoned.into_inner() = pages,
-            }
+            server::publish(&tcp_slot, metrics_listener::metrics_only(&rendered));
         }
-        match slot.lock() {
-            Ok(mut s) => *s = rendered,
-            Err(poisoned) => *poisoned.into_inner() = rendered,
-        }
+        server::publish(&slot, rendered);
     }
     info!("stopping: removing {}", config.socket.display());
     drop(server);

@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,18 @@ pub struct Page {
 /// The pages a listener serves, replaced whole (bodies are shared, not
 /// copied) by whoever renders them. A path not in the table is 404.
 pub type PageSlot = Arc<Mutex<Vec<Page>>>;
+
+/// The pages in `slot`, locked. A thread that panicked while holding the
+/// lock left a whole table behind (tables are replaced, never edited), so
+/// a poisoned lock is used as it is.
+fn lock_pages(slot: &PageSlot) -> MutexGuard<'_, Vec<Page>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Replaces the pages `slot` serves, for the requests that come next.
+pub fn publish(slot: &PageSlot, pages: Vec<Page>) {
+    *lock_pages(slot) = pages;
+}
 
 /// A listening socket the worker can accept from.
 pub trait Listener: AsRawFd + Send + 'static {
@@ -219,10 +231,7 @@ struct Connection<S> {
 /// Status, content type and body answering `head` from `pages`.
 fn answer_for(head: &http::RequestHead, pages: &PageSlot) -> (u16, &'static str, Arc<[u8]>) {
     // Clone the Arc under the lock; write outside it.
-    let table = match pages.lock() {
-        Ok(t) => t,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let table = lock_pages(pages);
     let paths: Vec<&str> = table.iter().map(|p| p.path).collect();
     match http::route(&head.method, &head.target, &paths) {
         http::Route::Page(i) => (200, table[i].content_type, Arc::clone(&table[i].body)),
