@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod daemon_client;
 pub mod fd_budget;
 pub mod healthcheck;
 pub mod http;

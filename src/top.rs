@@ -7,14 +7,15 @@
 //! terminal (raw mode via termios, size via TIOCGWINSZ) come after them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::daemon_client;
 
 /// Metric families `top` reads (see metrics.rs).
 const REQUESTS: &str = "http_server_requests_total";
@@ -532,38 +533,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET path` on the daemon's socket; the body of a 200 answer.
 fn get(socket: &Path, path: &str) -> Result<String, String> {
-    let fail = |e: io::Error| format!("{}: {e}", socket.display());
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to the daemon on {}: {e} (is it running? see --socket)",
-            socket.display()
-        )
-    })?;
-    stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
-        .map_err(fail)?;
-    stream
-        .set_write_timeout(Some(REQUEST_TIMEOUT))
-        .map_err(fail)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: top\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(fail)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(fail)?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{}: GET {path}: no complete answer", socket.display()))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.starts_with("HTTP/1.1 200 ") {
+    let answer = daemon_client::get(socket, path, REQUEST_TIMEOUT)?;
+    if !answer.is_ok() {
         return Err(format!(
-            "{}: GET {path} answered {status_line:?}",
-            socket.display()
+            "{}: GET {path} answered {:?}",
+            socket.display(),
+            answer.status_line
         ));
     }
-    Ok(body.to_string())
+    Ok(answer.body)
 }
 
 /// A reading of the daemon: counters, quantiles and when they were read.
