@@ -8,6 +8,11 @@ use crate::rates::CounterSnapshot;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Families other code reads back (`top`), named once.
+pub const REQUESTS_TOTAL: &str = "http_server_requests_total";
+pub const RESPONSES_TOTAL: &str = "http_server_responses_total";
+pub const SNAPSHOT_TIMESTAMP: &str = "scope_http_statistics_snapshot_timestamp_seconds";
+
 /// Escapes a label value: backslash, double quote and newline.
 fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -27,6 +32,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A gauge without labels: its header and its one sample.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// What the daemon runs with, exported beside the counters.
 pub struct DaemonFacts {
     /// The kernel table's bound, so that operators can alert before it fills.
@@ -44,14 +55,14 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
     let mut out = String::new();
     header(
         &mut out,
-        "http_server_requests_total",
+        REQUESTS_TOTAL,
         "counter",
         "HTTP/1.x requests the process read from TCP sockets since the daemon started.",
     );
     for p in &snapshot.processes {
         let _ = writeln!(
             out,
-            "http_server_requests_total{{pid=\"{}\",comm=\"{}\"}} {}",
+            "{REQUESTS_TOTAL}{{pid=\"{}\",comm=\"{}\"}} {}",
             p.pid,
             escape(&p.comm),
             p.requests
@@ -59,7 +70,7 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
     }
     header(
         &mut out,
-        "http_server_responses_total",
+        RESPONSES_TOTAL,
         "counter",
         "HTTP/1.x responses the process wrote to TCP sockets since the daemon started, by status code \
          (code=\"other\": codes beyond the per-process slots).",
@@ -69,14 +80,14 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
         for (code, count) in &p.responses {
             let _ = writeln!(
                 out,
-                "http_server_responses_total{{pid=\"{}\",comm=\"{comm}\",code=\"{code}\"}} {count}",
+                "{RESPONSES_TOTAL}{{pid=\"{}\",comm=\"{comm}\",code=\"{code}\"}} {count}",
                 p.pid
             );
         }
         if p.untracked_responses > 0 {
             let _ = writeln!(
                 out,
-                "http_server_responses_total{{pid=\"{}\",comm=\"{comm}\",code=\"other\"}} {}",
+                "{RESPONSES_TOTAL}{{pid=\"{}\",comm=\"{comm}\",code=\"other\"}} {}",
                 p.pid, p.untracked_responses
             );
         }
@@ -114,16 +125,11 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
             h.count()
         );
     }
-    header(
+    gauge(
         &mut out,
         "scope_http_statistics_inflight_requests",
-        "gauge",
         "Connections with a request read whose response has not been written yet (the kernel's table).",
-    );
-    let _ = writeln!(
-        out,
-        "scope_http_statistics_inflight_requests {}",
-        snapshot.awaiting_connections
+        snapshot.awaiting_connections,
     );
     header(
         &mut out,
@@ -138,38 +144,24 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
             reason.label
         );
     }
-    header(
+    gauge(
         &mut out,
         "scope_http_statistics_tracked_processes",
-        "gauge",
         "Processes with HTTP counters in the kernel table.",
+        snapshot.processes.len(),
     );
-    let _ = writeln!(
-        out,
-        "scope_http_statistics_tracked_processes {}",
-        snapshot.processes.len()
-    );
-    header(
+    gauge(
         &mut out,
         "scope_http_statistics_tracked_processes_limit",
-        "gauge",
         "Bound of the kernel table; new processes are skipped when it is full.",
+        facts.tracked_limit,
     );
-    let _ = writeln!(
-        out,
-        "scope_http_statistics_tracked_processes_limit {}",
-        facts.tracked_limit
-    );
-    header(
+    gauge(
         &mut out,
-        "scope_http_statistics_snapshot_timestamp_seconds",
-        "gauge",
+        SNAPSHOT_TIMESTAMP,
         "When the daemon read the kernel's counters on this page (Unix time): rates over the exact \
          interval between two pages, and a stalled daemon shows as an old value.",
-    );
-    let _ = writeln!(
-        out,
-        "scope_http_statistics_snapshot_timestamp_seconds {taken_at:.3}"
+        format_args!("{taken_at:.3}"),
     );
     header(
         &mut out,

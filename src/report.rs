@@ -10,18 +10,12 @@ use crate::rates::ProcessRates;
 pub const PLUGIN_LABEL: &str = "HTTP Statistics";
 pub const PLUGIN_DESCRIPTION: &str = "Adds http request metrics to processes";
 pub const REQUESTS_METRIC: &str = "http_requests_per_second";
+pub const LATENCY_P50_METRIC: &str = "http_request_duration_p50_ms";
+pub const LATENCY_P99_METRIC: &str = "http_request_duration_p99_ms";
 /// Latency quantiles: (metric id, label, priority right after the request rate).
 const LATENCY_METRICS: [(&str, &str, f64); 2] = [
-    (
-        "http_request_duration_p50_ms",
-        "HTTP Latency p50 (ms)",
-        0.11,
-    ),
-    (
-        "http_request_duration_p99_ms",
-        "HTTP Latency p99 (ms)",
-        0.12,
-    ),
+    (LATENCY_P50_METRIC, "HTTP Latency p50 (ms)", 0.11),
+    (LATENCY_P99_METRIC, "HTTP Latency p99 (ms)", 0.12),
 ];
 const OTHERS: &str = "OTHERS";
 

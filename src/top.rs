@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::daemon_client;
-
-/// Metric families `top` reads (see metrics.rs).
-const REQUESTS: &str = "http_server_requests_total";
-const RESPONSES: &str = "http_server_responses_total";
-const SNAPSHOT_TIME: &str = "scope_http_statistics_snapshot_timestamp_seconds";
+use crate::metrics::{REQUESTS_TOTAL, RESPONSES_TOTAL, SNAPSHOT_TIMESTAMP};
+use crate::rates;
+use crate::report::{LATENCY_P50_METRIC, LATENCY_P99_METRIC};
 
 /// The response classes shown, as the first digit of the code.
 const CLASSES: [u16; 4] = [2, 3, 4, 5];
@@ -114,11 +112,11 @@ pub fn parse_metrics(text: &str) -> MetricsSample {
         let Some((name, labels, value)) = parse_sample(line) else {
             continue;
         };
-        if name == SNAPSHOT_TIME {
+        if name == SNAPSHOT_TIMESTAMP {
             sample.snapshot_time = Some(value);
             continue;
         }
-        if name != REQUESTS && name != RESPONSES {
+        if name != REQUESTS_TOTAL && name != RESPONSES_TOTAL {
             continue;
         }
         let Some(pid) = label(&labels, "pid").and_then(|p| p.parse::<u32>().ok()) else {
@@ -131,7 +129,7 @@ pub fn parse_metrics(text: &str) -> MetricsSample {
             }
         }
         let count = value as u64;
-        if name == REQUESTS {
+        if name == REQUESTS_TOTAL {
             totals.requests = count;
             continue;
         }
@@ -175,8 +173,8 @@ pub fn parse_report_quantiles(report: &Value) -> HashMap<u32, (Option<f64>, Opti
         out.insert(
             pid,
             (
-                value(metrics, "http_request_duration_p50_ms"),
-                value(metrics, "http_request_duration_p99_ms"),
+                value(metrics, LATENCY_P50_METRIC),
+                value(metrics, LATENCY_P99_METRIC),
             ),
         );
     }
@@ -220,7 +218,7 @@ pub fn rows(
         if totals.requests < then.requests || totals.responses < then.responses {
             then = &empty;
         }
-        let per_second = |now: u64, then: u64| now.saturating_sub(then) as f64 / elapsed;
+        let per_second = |now: u64, then: u64| rates::rate(then, now, elapsed);
         let requests = per_second(totals.requests, then.requests);
         let responses = per_second(totals.responses, then.responses);
         if requests == 0.0 && responses == 0.0 {
