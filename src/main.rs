@@ -6,43 +6,33 @@ use std::process::ExitCode;
 use scope_http_statistics::{cli, daemon, healthcheck, top};
 
 fn main() -> ExitCode {
-    let config = match cli::parse(std::env::args().skip(1)) {
-        Ok(cli::Command::Run(config)) => config,
-        Ok(cli::Command::HealthCheck(socket)) => {
-            return match healthcheck::health_check(&socket) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("scope-http-statistics: unhealthy: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Ok(cli::Command::Top(options)) => {
-            return match top::run(&options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("scope-http-statistics: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Ok(cli::Command::Help) => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Ok(cli::Command::Version) => {
-            println!("scope-http-statistics {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
         Err(e) => {
             eprintln!("scope-http-statistics: {e}");
             return ExitCode::from(2);
         }
     };
-    match daemon::run(config) {
+    let outcome = match command {
+        cli::Command::Run(config) => daemon::run(config),
+        cli::Command::HealthCheck(socket) => {
+            healthcheck::health_check(&socket).map_err(|e| format!("unhealthy: {e}"))
+        }
+        cli::Command::Top(options) => top::run(&options),
+        cli::Command::Help => {
+            print!("{}", cli::USAGE);
+            Ok(())
+        }
+        cli::Command::Version => {
+            println!("scope-http-statistics {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One plain line: the logger writes to stderr too, so not both.
+            // One plain line: the daemon's logger writes to stderr too, so
+            // errors are printed here and not also logged.
             eprintln!("scope-http-statistics: {e}");
             ExitCode::FAILURE
         }
