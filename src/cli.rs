@@ -1,5 +1,6 @@
 //! Command-line parsing: a pure function from arguments to what to do.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -79,6 +80,23 @@ pub enum Command {
     Top(crate::top::TopOptions),
     Help,
     Version,
+}
+
+/// [`parse`] for arguments as the OS passes them (`std::env::args_os`): one
+/// that is not UTF-8 is an error, where `std::env::args` would panic, and
+/// is not made "lossy" either (that would be another socket path).
+pub fn parse_os<I>(args: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let args = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| format!("argument {a:?} is not valid UTF-8"))
+        })
+        .collect::<Result<Vec<String>, String>>()?;
+    parse(args)
 }
 
 /// Parses the arguments after the program name. Accepts `--opt value` and
@@ -388,5 +406,17 @@ mod tests {
         assert!(parse(["--hostname="])
             .unwrap_err()
             .contains("needs a value"));
+    }
+
+    #[test]
+    fn an_argument_that_is_not_utf8_is_an_error() {
+        use std::os::unix::ffi::OsStringExt;
+        let socket = OsString::from_vec(b"/tmp/\xff.sock".to_vec());
+        let e = parse_os([OsString::from("--socket"), socket]).unwrap_err();
+        assert!(e.contains("is not valid UTF-8"), "{e}");
+        assert_eq!(
+            parse_os([OsString::from("--socket=/tmp/s.sock")]),
+            parse(["--socket=/tmp/s.sock"])
+        );
     }
 }

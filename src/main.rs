@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use scope_http_statistics::{cli, daemon, healthcheck, top};
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args().skip(1)) {
+    let command = match cli::parse_os(std::env::args_os().skip(1)) {
         Ok(command) => command,
         Err(e) => {
             eprintln!("scope-http-statistics: {e}");
