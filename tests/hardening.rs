@@ -368,75 +368,6 @@ fn allow_open_files(needed: u64) {
     }
 }
 
-/// A daemon the test starts itself, through `sh -c 'ulimit ...; exec ...'`,
-/// as an init system with a `LimitNOFILE` would; SIGTERMed (then killed) on
-/// drop.
-struct LimitedDaemon {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-    log: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-impl LimitedDaemon {
-    fn start(ulimit: &str) -> LimitedDaemon {
-        require_root();
-        let dir = TempDir::new("limited");
-        let socket = dir.path().join("plugins").join("http-statistics.sock");
-        let log = dir.path().join("daemon.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
-            .arg(DAEMON)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--hostname", "testhost", "--log-level", "info"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {DAEMON} under {ulimit:?}: {e}"));
-        let mut daemon = LimitedDaemon {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        };
-        let ready = wait_until(Duration::from_secs(30), || {
-            daemon.child.try_wait().ok().flatten().is_none()
-                && poll_once(&daemon.socket).is_ok_and(|(r, _)| r.status == 200)
-        });
-        assert!(
-            ready,
-            "the daemon under {ulimit:?} did not answer within 30 s; log:\n{}",
-            daemon.log()
-        );
-        daemon
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for LimitedDaemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) has no memory-safety preconditions; our child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        if !wait_until(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten().is_some()
-        }) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// One Scope poll on a fresh connection: the answer and how long connect
 /// plus answer took. Errors rather than hangs past 2 s.
 fn poll_once(socket: &Path) -> Result<(HttpResponse, Duration), String> {
@@ -494,7 +425,7 @@ fn idle_clients_beyond_the_open_files_limit_do_not_lock_scope_out(
     expected_limits: (&str, &str),
 ) {
     allow_open_files(IDLE_OVER_THE_LIMIT as u64 + 512);
-    let daemon = LimitedDaemon::start(ulimit);
+    let daemon = Daemon::start_after(ulimit);
     let limits = open_files_limits(daemon.pid());
     assert_eq!(
         (limits.0.as_str(), limits.1.as_str()),

@@ -76,11 +76,38 @@ impl Daemon {
         )
     }
 
+    /// Like [`Daemon::start`], started by `sh -c "<prelude> && exec <daemon>
+    /// ..."`, as an init system would set a limit (e.g. `ulimit -Sn 1024`)
+    /// before the daemon's first instruction. exec keeps the pid, so
+    /// [`Daemon::pid`] is the daemon's.
+    pub fn start_after(prelude: &str) -> Daemon {
+        let dir = TempDir::new("daemon");
+        let socket = dir.path().join("plugins").join("http-statistics.sock");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{prelude} && exec \"$0\" \"$@\""))
+            .arg(DAEMON);
+        Daemon::spawn_command(command, dir, socket, "testhost", &[])
+    }
+
     fn spawn(dir: TempDir, socket: PathBuf, hostname: &str, extra: &[&str]) -> Daemon {
+        Daemon::spawn_command(Command::new(DAEMON), dir, socket, hostname, extra)
+    }
+
+    /// Runs `command` (the daemon, or what execs it) with the daemon's
+    /// arguments; returns once the daemon answers on `socket`.
+    fn spawn_command(
+        mut command: Command,
+        dir: TempDir,
+        socket: PathBuf,
+        hostname: &str,
+        extra: &[&str],
+    ) -> Daemon {
         require_root();
         let log = dir.path().join("daemon.log");
         let log_file = File::create(&log).unwrap();
-        let child = Command::new(DAEMON)
+        let child = command
             .arg("--socket")
             .arg(&socket)
             .args(["--hostname", hostname, "--log-level", "info"])
