@@ -1,6 +1,7 @@
 //! The main thread: load the probe, serve the socket, and once a second turn
 //! the kernel's counters into a fresh report and metrics page.
 
+use std::env::{self, VarError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,14 +26,23 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// `$SCOPE_HOSTNAME` (as Scope's own probe does), else the machine's name;
 /// `--hostname` overrides both.
-fn resolve_hostname(flag: Option<&str>) -> Result<String, String> {
+fn resolve_hostname(
+    flag: Option<&str>,
+    scope_hostname: Result<String, VarError>,
+) -> Result<String, String> {
     if let Some(h) = flag {
         return Ok(h.to_string());
     }
-    if let Ok(h) = std::env::var("SCOPE_HOSTNAME") {
-        if !h.is_empty() {
-            return Ok(h);
+    match scope_hostname {
+        Ok(h) if !h.is_empty() => return Ok(h),
+        // Falling back to the machine's name would give Scope node ids
+        // that match none of its own.
+        Err(VarError::NotUnicode(h)) => {
+            return Err(format!(
+                "$SCOPE_HOSTNAME {h:?} is not valid UTF-8 (use --hostname)"
+            ))
         }
+        _ => {}
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -135,7 +145,7 @@ pub fn run(config: Config) -> Result<(), String> {
         debug!("raised the open-files limit from {was} to {open_files}");
     }
     let plugin_id = plugin_id(&config.socket)?;
-    let hostname = resolve_hostname(config.hostname.as_deref())?;
+    let hostname = resolve_hostname(config.hostname.as_deref(), env::var("SCOPE_HOSTNAME"))?;
 
     // Registered before anything is created, so that a signal during
     // start-up still ends in a clean exit.
@@ -255,7 +265,22 @@ mod tests {
 
     #[test]
     fn hostname_flag_wins() {
-        assert_eq!(resolve_hostname(Some("h1")).unwrap(), "h1");
+        assert_eq!(
+            resolve_hostname(Some("h1"), Ok("h2".to_string())).unwrap(),
+            "h1"
+        );
+    }
+
+    #[test]
+    fn scope_hostname_comes_next_and_must_be_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        assert_eq!(resolve_hostname(None, Ok("h2".to_string())).unwrap(), "h2");
+        let bad = std::ffi::OsString::from_vec(b"h\xff".to_vec());
+        let e = resolve_hostname(None, Err(VarError::NotUnicode(bad))).unwrap_err();
+        assert!(
+            e.contains("$SCOPE_HOSTNAME") && e.contains("--hostname"),
+            "{e}"
+        );
     }
 
     #[test]
