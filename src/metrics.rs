@@ -175,17 +175,12 @@ pub fn render(snapshot: &CounterSnapshot, taken_at: f64, facts: &DaemonFacts) ->
         facts.hook_path,
         escape(&facts.hook_reason)
     );
-    header(
+    gauge(
         &mut out,
         "scope_http_statistics_tls_libraries",
-        "gauge",
         "Distinct files holding OpenSSL (shared libssl, executables that export it) whose reads and \
          writes are hooked to count HTTPS; 0 with --tls off.",
-    );
-    let _ = writeln!(
-        out,
-        "scope_http_statistics_tls_libraries {}",
-        facts.tls_libraries
+        facts.tls_libraries,
     );
     out
 }
