@@ -483,7 +483,7 @@ run_wrk() { # round config target url
 	record app "$r" "$c" "$t" p50_us "$p50"
 	record app "$r" "$c" "$t" p99_us "$p99"
 	record app "$r" "$c" "$t" errors "$errs"
-	if [ "$c" != baseline ] && [ "$c" != baseline-again ]; then
+	if [ "$c" != baseline ] && [ "$c" != baseline-again ] && [ "$c" != empty-socket ]; then
 		sleep 1.5 # a snapshot (daemon) or a print (bpftrace) after the load
 		after=$(counted "$c" "${SERVER_PID[$t]}")
 		record app "$r" "$c" "$t" counted "$(awk -v a="$after" -v b="$before" -v n="$reqs" 'BEGIN{printf "%.3f", (n > 0 ? (a - b) / n : 0)}')"
@@ -494,7 +494,9 @@ run_wrk() { # round config target url
 # ---- part 1 + 2: application overhead and the daemon's cost ----
 # baseline-again: a second baseline slot per round (A/A): its ratio to the
 # first is the noise band every other ratio must be read against.
-APP_CONFIGS=(baseline socket syscalls bpftrace proxy baseline-again)
+# empty-socket: programs that only return 0 on the socket path's two hooks,
+# the floor any probe on them pays.
+APP_CONFIGS=(baseline socket syscalls bpftrace proxy baseline-again empty-socket)
 log "part 1: wrk on nginx and node; configs ${APP_CONFIGS[*]}; $ROUNDS round(s) of ${DURATION}s runs"
 for r in $(seq "$ROUNDS"); do
 	n=${#APP_CONFIGS[@]}
@@ -506,6 +508,13 @@ for r in $(seq "$ROUNDS"); do
 		socket | syscalls)
 			start_daemon "$c"
 			start_poller ;;
+		empty-socket)
+			if ! start_empty socket; then
+				log "cannot attach empty programs here: config skipped"
+				record app "$r" empty-socket nginx skipped 1
+				record app "$r" empty-socket node skipped 1
+				continue
+			fi ;;
 		bpftrace)
 			if [ $HAVE_BPFTRACE = 0 ] || ! start_bpftrace count 17 "$HERE/http-count.bt"; then
 				log "bpftrace cannot run here: config skipped"
