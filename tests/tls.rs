@@ -437,6 +437,13 @@ fn keep_alive_requests_and_status_codes_are_counted_exactly() {
     // many processes map it: python and nginx share one libssl here. (Other
     // tests may start processes with new files meanwhile: compare the two
     // until they agree.)
+    // The exec marks that tell it where to look.
+    assert!(
+        perf_links_of(daemon.pid())
+            .contains(&("tracepoint".to_string(), "sched_process_exec".to_string())),
+        "{:?}",
+        perf_links_of(daemon.pid())
+    );
     let mut seen = (0, None);
     let agree = wait_until(COUNT_TIMEOUT, || {
         let probes = perf_links_of(daemon.pid())
