@@ -254,7 +254,9 @@ pub fn run(config: Config) -> Result<(), String> {
     info!("stopping: removing {}", config.socket.display());
     drop(server);
     drop(tcp_server);
-    drop(tls);
+    if let Some(tls) = tls {
+        tls.detach(probe.ebpf_mut());
+    }
     drop(probe);
     Ok(())
 }

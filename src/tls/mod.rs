@@ -91,6 +91,8 @@ impl Function {
 pub struct TlsHooks {
     /// Every file reported: true once hooked, false when it could not be.
     files: HashMap<FileId, bool>,
+    /// Every probe attached, for [`TlsHooks::detach`].
+    links: Vec<(&'static str, UProbeLinkId)>,
     findings: Receiver<Finding>,
     /// Files to look at again (their process vanished before the attach).
     forget: Sender<FileId>,
@@ -148,6 +150,7 @@ impl TlsHooks {
         let (forget, forgotten) = mpsc::channel();
         let mut hooks = TlsHooks {
             files: HashMap::new(),
+            links: Vec::new(),
             findings,
             forget,
             stop: Arc::new(AtomicBool::new(false)),
@@ -186,6 +189,13 @@ impl TlsHooks {
     /// Descriptors the files still to be hooked may take, at most.
     pub fn descriptors_to_come(&self) -> usize {
         MAX_FILES.saturating_sub(self.hooked_files()) * UPROBES.len()
+    }
+
+    /// Detaches every probe, quickly (see [`detach_in_parallel`]); what is
+    /// left is dropped with the probe.
+    pub fn detach(mut self, ebpf: &mut Ebpf) {
+        let links = std::mem::take(&mut self.links);
+        detach_in_parallel(ebpf, links);
     }
 
     /// Hooks what the inspector found since the last call. Cheap when it
@@ -227,7 +237,8 @@ impl TlsHooks {
             return;
         }
         match hook_file(ebpf, &path, &functions) {
-            Ok(()) => {
+            Ok(links) => {
+                self.links.extend(links);
                 info!("tls: hooked {name} ({version})");
                 self.files.insert(id, true);
             }
@@ -271,18 +282,28 @@ fn inspect_until_stopped(
 }
 
 impl Drop for TlsHooks {
+    /// Tells the inspector to stop, without waiting: a round in progress
+    /// may be reading a large executable, and a SIGTERM must not wait for
+    /// it (the daemon exits within 2 s). The thread holds nothing that
+    /// needs closing in order: its map descriptor goes with the process.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.inspector.take() {
-            let _ = thread.join();
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }
 
 /// Attaches every TLS program to its function in the file at `path`; on
 /// failure detaches what it attached, so that a file is hooked wholly or not.
-fn hook_file(ebpf: &mut Ebpf, path: &Path, functions: &TlsFunctions) -> Result<(), String> {
-    let mut attached: Vec<(&str, UProbeLinkId)> = Vec::new();
+fn hook_file(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    functions: &TlsFunctions,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+    let mut attached: Vec<(&'static str, UProbeLinkId)> = Vec::new();
     let mut result = Ok(());
     for (name, function) in UPROBES {
         let Some(offset) = function.offset(functions) else {
@@ -299,12 +320,26 @@ fn hook_file(ebpf: &mut Ebpf, path: &Path, functions: &TlsFunctions) -> Result<(
             }
         }
     }
-    if result.is_err() {
-        for (name, link) in attached {
-            if let Ok(p) = program(ebpf, name) {
-                let _ = p.detach(link);
-            }
-        }
+    if let Err(e) = result {
+        detach_in_parallel(ebpf, attached);
+        return Err(e);
     }
-    result
+    Ok(attached)
+}
+
+/// Detaches uprobes all at once. Each detach waits for the kernel to make
+/// sure no CPU still runs the probe (~250 ms here), one after the other when
+/// done in turn: nine per file made a SIGTERM take seconds. Waits that
+/// overlap end together, so each link is dropped on a thread of its own.
+fn detach_in_parallel(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    let taken: Vec<_> = links
+        .into_iter()
+        .filter_map(|(name, id)| program(ebpf, name).ok()?.take_link(id).ok())
+        .collect();
+    std::thread::scope(|scope| {
+        for link in taken {
+            // A thread that cannot start drops its link here, in turn.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
+        }
+    });
 }
