@@ -646,7 +646,10 @@ fn programs_named(name: &str) -> (usize, usize) {
 /// the daemon (dead, its socket left behind).
 fn start_and_sigkill(hooks: &str, expected: &[&str], marker: &str) -> Daemon {
     let (marker_before, unheld_before) = programs_named(marker);
-    let mut daemon = Daemon::start_args(&["--hooks", hooks]);
+    // --tls off: this is about the hook path's programs; the kernel takes
+    // ~250 ms per uprobe to unregister them at exit (tests/tls.rs checks
+    // that a killed daemon's uprobes go too).
+    let mut daemon = Daemon::start_args(&["--hooks", hooks, "--tls", "off"]);
     let pid = daemon.pid();
     let holders = program_holders();
     let mine: BTreeMap<u64, String> = our_programs()

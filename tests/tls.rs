@@ -798,3 +798,43 @@ fn plaintext_counts_stay_exact_while_tls_is_hooked() {
         &PidCounts::expect(9, &[(200, 6), (404, 3)]),
     );
 }
+
+/// The kernel unregisters a killed process's uprobes as its descriptors
+/// close, one after the other (~250 ms each here): dying takes that long,
+/// and must still end.
+#[test]
+fn a_killed_daemon_with_uprobes_dies_within_seconds() {
+    let cert = Certificate::new();
+    let _server = TlsServer::start(Kind::Python, &cert);
+    let mut daemon = Daemon::start();
+    let pid = daemon.pid();
+    let probes = |pid: u32| {
+        perf_links_of(pid)
+            .into_iter()
+            .filter(|(kind, _)| kind == "uprobe" || kind == "uretprobe")
+            .count()
+    };
+    let held = probes(pid);
+    assert_eq!(held % 9, 0, "{:?}", perf_links_of(pid));
+    assert!(
+        held >= 9,
+        "python's libssl is hooked: {:?}",
+        perf_links_of(pid)
+    );
+
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon
+            .try_exit_status()
+            .is_some()),
+        "the daemon did not die of SIGKILL within 20 s ({held} uprobes)"
+    );
+    eprintln!(
+        "SIGKILL with {held} uprobes: exited after {:?}",
+        started.elapsed()
+    );
+}
