@@ -18,7 +18,7 @@ MUSL      := x86_64-unknown-linux-musl
 DIST      := dist/$(BIN)
 IMAGE     ?= scope-http-statistics:latest
 
-.PHONY: all build run deps test-deps test lint unit integration smoke static image package-check bench soak clean
+.PHONY: all build run deps test-deps test lint unit integration test-kernels smoke static image package-check bench soak clean
 
 all: build
 
@@ -90,12 +90,23 @@ integration: test-deps
 	SHS_HOOKS=socket cargo test --locked --test '*' -- --test-threads=2
 	SHS_HOOKS=syscalls cargo test --locked $(PATH_SUITES) -- --test-threads=2
 
+# Debian's kernels booted under QEMU (scripts/test-kernels.sh): the
+# kernel-dependent suites inside each, on every hook path it offers.
+# `make test-kernels KERNELS="5.10 6.1"` runs some of them alone.
+KERNELS    ?= 5.10 6.1 6.12
+# The kernels CI boots: only those whose run passes (main stays green).
+CI_KERNELS := 6.12
+
+test-kernels: test-deps
+	scripts/test-kernels.sh $(KERNELS)
+
 smoke: build test-deps
 	scripts/ci-smoke.sh
 
 # The whole suite, as CI runs it.
 test: test-deps lint unit integration
 	$(MAKE) smoke
+	$(MAKE) test-kernels KERNELS="$(CI_KERNELS)"
 	$(MAKE) package-check
 
 # Not part of the test suite: timings and long runs (see BENCHMARKS.md).
