@@ -105,6 +105,24 @@ struct {
 	__type(value, struct connection);
 } connections SEC(".maps");
 
+/* Which status code claimed slot `slot` of a process's codes[]. Writer:
+ * claim_code_slot(), once per new code of a process: BPF_NOEXIST lets only
+ * the first insert for a slot succeed. Reader: claim_code_slot() of a thread
+ * that lost that race. Bound: LRU eviction; an entry matters only until its
+ * winner has written codes[slot], a few instructions after the insert. */
+struct code_slot {
+	__u64 first_seen_ns; /* of the process_counts entry: a reused pid claims anew */
+	__u32 tgid;
+	__u32 slot;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct code_slot);
+	__type(value, __u32);
+} code_slots SEC(".maps");
+
 /* Writer: the probe, per CPU, indexed by enum probe_drop. Reader: the daemon
  * sums the CPUs. Bound: DROP_REASONS entries. */
 struct {
@@ -148,6 +166,19 @@ struct {
 } scratch SEC(".maps");
 
 /* ---- helpers ---- */
+
+/* v, which is at most max already, clamped again in the register that is
+ * used next: the 6.1 verifier forgets the bounds of a value clang spilled to
+ * the stack across calls ("R2 unbounded memory access"), and clang cannot
+ * fold an asm clamp away as it would a C one. */
+#define VERIFIER_CLAMP(value, max)                                                \
+	({                                                                        \
+		__u64 __v = (value);                                              \
+		asm volatile("if %[v] <= %[m] goto +1; %[v] = %[m]"              \
+			     : [v] "+r"(__v)                                      \
+			     : [m] "i"(max));                                     \
+		__v;                                                              \
+	})
 
 /* This CPU's scratch; every function of the core finds the transfer there. */
 static __always_inline struct scan_scratch *cpu_scratch(void)
@@ -305,19 +336,48 @@ static __always_inline struct process_counts *process_entry(struct scan_scratch 
 	return bpf_map_lookup_elem(&process_counts, &tgid);
 }
 
-static __always_inline void count_response(struct process_counts *pc, __u32 code)
+/* The code that owns slot i of pc->codes, which looked free: the first
+ * thread to insert its code for that slot wins, as a compare-and-swap would
+ * (BPF has none before Linux 5.12); a loser reads the winner's code. */
+static __always_inline __u32 claim_code_slot(struct process_counts *pc, __u32 tgid, __u32 i,
+					     __u32 code)
 {
+	struct code_slot key = { .first_seen_ns = pc->first_seen_ns, .tgid = tgid, .slot = i };
+	__u32 *owner;
+
+	if (!bpf_map_update_elem(&code_slots, &key, &code, BPF_NOEXIST)) {
+		pc->codes[i] = code;
+		return code;
+	}
+	owner = bpf_map_lookup_elem(&code_slots, &key);
+	return owner ? *owner : pc->codes[i];
+}
+
+/* Counts one response with status `code` for the scratch's process. Global:
+ * the verifier checks its walk of the slots once, not at every message of
+ * parse_buffer() (the 6.1 verifier gives up on parse_buffer() otherwise). */
+__noinline int count_response(__u32 code)
+{
+	struct scan_scratch *s = cpu_scratch();
+	struct process_counts *pc;
+
+	if (!s)
+		return 0;
+	pc = bpf_map_lookup_elem(&process_counts, &s->tgid);
+	if (!pc)
+		return 0;
 	for (__u32 i = 0; i < MAX_CODES_PER_PROCESS; i++) {
 		__u32 c = pc->codes[i];
 
 		if (c == 0)
-			c = __sync_val_compare_and_swap(&pc->codes[i], 0, code) ?: code;
+			c = claim_code_slot(pc, s->tgid, i, code);
 		if (c == code) {
 			__sync_fetch_and_add(&pc->responses[i], 1);
-			return;
+			return 0;
 		}
 	}
 	__sync_fetch_and_add(&pc->untracked_responses, 1);
+	return 0;
 }
 
 /* Adds one latency of the scratch's process to its histograms. Global: the
@@ -406,10 +466,10 @@ static __always_inline int is_proxy_header(const char *p)
 
 /* Zeroes the 16 bytes at data[i]: the parser may look that far past the
  * bytes it was given, and must find no stale bytes of an earlier transfer. */
-static __always_inline void pad_after(struct scan_scratch *s, __u32 i)
+static __always_inline void pad_after(struct scan_scratch *s, __u32 at)
 {
-	if (i > SCAN_WINDOW)
-		return;
+	__u64 i = VERIFIER_CLAMP(at, SCAN_WINDOW); /* data has SCAN_SLACK bytes past it */
+
 	*(__u64 *)&s->data[i] = 0;
 	*(__u64 *)&s->data[i + 8] = 0;
 }
@@ -497,6 +557,18 @@ __noinline int message_end(__u32 pos, __u32 n, __u32 total, __u32 code)
 	return next;
 }
 
+/* message_start() of the window at pos. Global: the verifier checks it
+ * once, not at every message of parse_buffer() (the 6.1 verifier runs out of
+ * its million instructions otherwise). */
+__noinline int message_start_at(__u32 pos, __u32 dir)
+{
+	struct scan_scratch *s = cpu_scratch();
+
+	if (!s)
+		return 0;
+	return message_start(&s->data[pos & (SCAN_WINDOW - 1)], dir);
+}
+
 /*
  * The counting core: counts every message that starts in the user buffer
  * [buf, buf+len), for the transfer (process, connection, direction, time)
@@ -525,7 +597,7 @@ __noinline int parse_buffer(__u64 buf, __u32 len)
 	if (s->st.skip) {
 		/* Inside a body. A message start where the body should go on
 		 * wins (a response to HEAD has a Content-Length and no body). */
-		__u32 peek = len < MIN_MESSAGE ? len : MIN_MESSAGE;
+		__u32 peek = VERIFIER_CLAMP(len, MIN_MESSAGE); /* min(len, MIN_MESSAGE) */
 
 		pad_after(s, 0);
 		if (bpf_probe_read_user(s->data, peek, (const void *)buf))
@@ -551,8 +623,8 @@ __noinline int parse_buffer(__u64 buf, __u32 len)
 	s->st.carry_counted = 0;
 
 	__u32 avail = len - off; /* bytes of this buffer from its first possible message start */
-	__u32 nb = avail < SCAN_WINDOW - CARRY_MAX ? avail : SCAN_WINDOW - CARRY_MAX;
-	__u32 peek = nb < MIN_MESSAGE ? nb : MIN_MESSAGE;
+	__u32 nb = VERIFIER_CLAMP(avail, SCAN_WINDOW - CARRY_MAX); /* min(avail, ...) */
+	__u32 peek = VERIFIER_CLAMP(nb, MIN_MESSAGE); /* min(nb, MIN_MESSAGE) */
 	__u32 total = k + avail; /* stream bytes from the window's start to the buffer's end */
 
 	/* Look at 16 bytes first: traffic that is not an HTTP start should not
@@ -575,14 +647,16 @@ __noinline int parse_buffer(__u64 buf, __u32 len)
 	pc = process_entry(s, s->tgid);
 	if (!pc)
 		goto stop;
-	if (nb > peek && bpf_probe_read_user(&s->data[k], nb, (const void *)(buf + off)))
+	if (nb > peek && bpf_probe_read_user(&s->data[VERIFIER_CLAMP(k, CARRY_MAX)],
+					     VERIFIER_CLAMP(nb, SCAN_WINDOW - CARRY_MAX),
+					     (const void *)(buf + off)))
 		goto stop;
 	__u32 n = k + nb; /* bytes of the window */
 
 	pad_after(s, n);
 	__u32 pos = 0; /* start of the current message in the window */
 	for (__u32 m = 0; m < MAX_MESSAGES; m++) {
-		__u32 code = message_start(&s->data[pos & (SCAN_WINDOW - 1)], dir);
+		__u32 code = message_start_at(pos, dir);
 
 		if (!code) {
 			if (n == total && !carry_start(pos, n - pos))
@@ -595,7 +669,7 @@ __noinline int parse_buffer(__u64 buf, __u32 len)
 				s->requests_read++;
 				s->verdict = VERDICT_SERVER;
 			} else {
-				count_response(pc, code);
+				count_response(code);
 				if (code >= 200) /* 1xx are interim: the request still awaits its response */
 					s->responses_final++;
 			}
@@ -1004,11 +1078,10 @@ static long forget_if_owner(void *map, __u64 *key, struct connection *c, __u32 *
 
 /* Fires for every exiting thread: drop what it left in flight, and when the
  * whole process goes (its leader exits), its counts, so that a reused pid
- * starts from zero, and the connections whose requests it owned (its sockets
- * may linger in FIN_WAIT long after it). Only processes that did HTTP pay
- * for the walk of connections. */
-SEC("tracepoint/sched/sched_process_exit")
-int process_exit(void *ctx)
+ * starts from zero, and, with walk, the connections whose requests it owned
+ * (its sockets may linger in FIN_WAIT long after it). Only processes that
+ * did HTTP pay for the walk of connections. */
+static __always_inline int forget_exited(int walk)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
@@ -1017,8 +1090,24 @@ int process_exit(void *ctx)
 	if ((__u32)id != tgid || bpf_map_delete_elem(&process_counts, &tgid))
 		return 0;
 	bpf_map_delete_elem(&latency_by_process, &tgid);
-	bpf_for_each_map_elem(&connections, forget_if_owner, &tgid, 0);
+	if (walk)
+		bpf_for_each_map_elem(&connections, forget_if_owner, &tgid, 0);
 	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit(void *ctx)
+{
+	return forget_exited(1);
+}
+
+/* The daemon's choice on kernels without bpf_for_each_map_elem (before
+ * 5.13): it forgets the connections of exited processes itself, at its next
+ * snapshot. */
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit_no_walk(void *ctx)
+{
+	return forget_exited(0);
 }
 
 /* A closed connection's unanswered requests will never be answered. */
