@@ -2,7 +2,8 @@
 //! tracepoints of each, which one to use (`--hooks`, and what auto falls back
 //! to), and loading and attaching their programs.
 
-use aya::programs::TracePoint;
+use aya::programs::{ProgramError, ProgramType, TracePoint};
+use aya::sys::{is_helper_supported, BpfHelper};
 use aya::Ebpf;
 use log::debug;
 
@@ -61,6 +62,52 @@ pub(super) const COMMON_HOOKS: [Hook; 3] = [
     ("socket_state", "sock", &["inet_sock_set_state"]),
     ("socket_destroyed", "tcp", &["tcp_destroy_sock"]),
 ];
+
+/// How the connections of an exited process are forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ExitCleanup {
+    /// `process_exit` walks the connections map (bpf_for_each_map_elem, 5.13+).
+    InKernel,
+    /// The kernel lacks that helper: `process_exit_no_walk` leaves them, and
+    /// the daemon forgets them at its next snapshot.
+    AtSnapshot,
+}
+
+impl ExitCleanup {
+    /// Asks the kernel (a tiny program calling the helper) rather than
+    /// guessing from its version.
+    pub(super) fn probe() -> ExitCleanup {
+        match is_helper_supported(
+            ProgramType::TracePoint,
+            BpfHelper::BPF_FUNC_for_each_map_elem,
+        ) {
+            Ok(true) => ExitCleanup::InKernel,
+            Ok(false) => ExitCleanup::AtSnapshot,
+            Err(e) => {
+                debug!("probing bpf_for_each_map_elem failed ({e}): assuming it is missing");
+                ExitCleanup::AtSnapshot
+            }
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            ExitCleanup::InKernel => "process_exit",
+            ExitCleanup::AtSnapshot => "process_exit_no_walk",
+        }
+    }
+
+    /// What the log and the hooks gauge say was left out, if anything.
+    pub(super) fn note(self) -> Option<&'static str> {
+        match self {
+            ExitCleanup::InKernel => None,
+            ExitCleanup::AtSnapshot => Some(
+                "no bpf_for_each_map_elem (Linux 5.13+): an exited process's connections \
+                 are forgotten at the next snapshot, not at its exit",
+            ),
+        }
+    }
+}
 
 /// The hook path in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +177,43 @@ fn load_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
     for (program, _, _) in hooks {
         tracepoint_program(ebpf, program)?
             .load()
-            .map_err(|e| describe(&format!("the kernel refused program {program}"), &e))?;
+            .map_err(|e| refused(program, &e))?;
     }
     Ok(())
+}
+
+/// Lines of the verifier's log shown when it refuses a program: its verdict
+/// and the instructions just before it (the whole log can run to megabytes).
+const VERIFIER_TAIL: usize = 8;
+
+/// Why the kernel refused `program`: for a verifier refusal, its name, the
+/// error and the verifier's last lines (not a privilege hint: the errno of a
+/// refusal, often EACCES, says nothing about privileges, checked already).
+fn refused(program: &str, err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail = verifier_tail(&log, VERIFIER_TAIL);
+            format!(
+                "the kernel's verifier refused program {program} ({io_error}); its last lines:\n  {}",
+                tail.join("\n  ")
+            )
+        }
+        _ => describe(&format!("the kernel refused program {program}"), err),
+    }
+}
+
+/// The last `n` non-blank lines of a verifier log. Pure, so tested.
+fn verifier_tail(log: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 fn attach_programs(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
@@ -185,17 +266,36 @@ pub(super) fn load_path(
     })
 }
 
-/// Loads the cleanup programs both paths need, then attaches the path's
-/// programs and theirs.
-pub(super) fn attach(ebpf: &mut Ebpf, path: HookPath) -> Result<(), String> {
-    load_programs(ebpf, &COMMON_HOOKS)?;
+/// Loads the cleanup programs both paths need (the exit program `cleanup`
+/// says), then attaches the path's programs and theirs.
+pub(super) fn attach(ebpf: &mut Ebpf, path: HookPath, cleanup: ExitCleanup) -> Result<(), String> {
+    let common = COMMON_HOOKS.map(|(program, category, names)| match program {
+        "process_exit" => (cleanup.program(), category, names),
+        _ => (program, category, names),
+    });
+    load_programs(ebpf, &common)?;
     attach_programs(ebpf, path.hooks())?;
-    attach_programs(ebpf, &COMMON_HOOKS)
+    attach_programs(ebpf, &common)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verifier_tail_is_its_last_non_blank_lines() {
+        let log = "func#0\n1: (b7) r0 = 0\n\n2: (95) exit\nR2 unbounded memory access\nprocessed 3 insns\n\n";
+        assert_eq!(
+            verifier_tail(log, 3),
+            [
+                "2: (95) exit",
+                "R2 unbounded memory access",
+                "processed 3 insns"
+            ]
+        );
+        assert_eq!(verifier_tail("one line", 8), ["one line"]);
+        assert!(verifier_tail("", 8).is_empty());
+    }
 
     #[test]
     fn hook_plans() {

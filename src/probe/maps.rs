@@ -17,10 +17,13 @@ pub(super) struct ProbeMaps {
     latency_by_process: HashMap<MapData, u32, RawLatencyStats>,
     connections: HashMap<MapData, u64, RawConnection>,
     probe_drops: PerCpuArray<MapData, u64>,
+    /// The kernel does not forget an exited process's connections (no
+    /// bpf_for_each_map_elem): each snapshot does.
+    forget_exited: bool,
 }
 
 impl ProbeMaps {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<ProbeMaps, String> {
+    pub(super) fn take(ebpf: &mut Ebpf, forget_exited: bool) -> Result<ProbeMaps, String> {
         Ok(ProbeMaps {
             process_counts: HashMap::try_from(take_map(ebpf, "process_counts")?)
                 .map_err(|e| describe("map process_counts", &e))?,
@@ -30,13 +33,14 @@ impl ProbeMaps {
                 .map_err(|e| describe("map connections", &e))?,
             probe_drops: PerCpuArray::try_from(take_map(ebpf, "probe_drops")?)
                 .map_err(|e| describe("map probe_drops", &e))?,
+            forget_exited,
         })
     }
 
     /// Reads every process's counters, the drop counters and the requests in
     /// flight. A map that cannot be read is warned about once per snapshot,
     /// which then misses what it could not read.
-    pub(super) fn snapshot(&self) -> CounterSnapshot {
+    pub(super) fn snapshot(&mut self) -> CounterSnapshot {
         let mut failures = ReadFailures::default();
         // aya already skips entries that vanish between listing a key and
         // reading it (the process exited); anything else is a real failure.
@@ -69,12 +73,30 @@ impl ProbeMaps {
         // Connections stay in the map for their life: in flight are those
         // with requests queued.
         let mut awaiting_connections = 0;
+        let mut exited = Vec::new();
         for entry in self.connections.iter() {
             match entry {
-                Ok((_, c)) if c.tail != c.head => awaiting_connections += 1,
+                Ok((sk, c)) if c.tail != c.head => {
+                    // The owner read the queued requests, so it had a
+                    // process_counts entry; its exit deleted that entry.
+                    if self.forget_exited
+                        && matches!(
+                            self.process_counts.get(&c.tgid, 0),
+                            Err(MapError::KeyNotFound)
+                        )
+                    {
+                        exited.push(sk);
+                    } else {
+                        awaiting_connections += 1;
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => failures.note("connections", "requests in flight", e),
             }
+        }
+        for sk in exited {
+            // Gone already if its socket closed meanwhile.
+            let _ = self.connections.remove(&sk);
         }
         for message in failures.messages() {
             warn!("{message}");

@@ -48,9 +48,14 @@ impl Probe {
             .map_max_entries("latency_by_process", max_processes)
             .load(PROBE_OBJECT)
             .map_err(|e| describe("cannot load the eBPF probe", &e))?;
-        let (path, reason) = hooks::load_path(&mut ebpf, choice, first, may_fall_back)?;
-        hooks::attach(&mut ebpf, path)?;
-        let maps = maps::ProbeMaps::take(&mut ebpf)?;
+        let (path, mut reason) = hooks::load_path(&mut ebpf, choice, first, may_fall_back)?;
+        let cleanup = hooks::ExitCleanup::probe();
+        if let Some(note) = cleanup.note() {
+            reason.push_str("; ");
+            reason.push_str(note);
+        }
+        hooks::attach(&mut ebpf, path, cleanup)?;
+        let maps = maps::ProbeMaps::take(&mut ebpf, cleanup == hooks::ExitCleanup::AtSnapshot)?;
         Ok(Probe {
             ebpf,
             maps,
@@ -66,7 +71,7 @@ impl Probe {
     }
 
     /// Reads every process's counters and the drop counters.
-    pub fn snapshot(&self) -> CounterSnapshot {
+    pub fn snapshot(&mut self) -> CounterSnapshot {
         self.maps.snapshot()
     }
 }

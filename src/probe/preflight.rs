@@ -5,14 +5,33 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
-use log::info;
+use log::{debug, info};
 
 /// Checks the host, in the order an operator would fix it; mounts tracefs
 /// when no tracefs is mounted. One line saying what is missing otherwise.
 pub(super) fn check_host() -> Result<(), String> {
     check_privileges()?;
+    raise_memlock();
     ensure_tracefs()?;
     check_btf()
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (64 KiB by default
+/// under many init systems) instead of the memory cgroup: lift it where we
+/// may. Where we may not (no CAP_SYS_RESOURCE), a kernel that needs it says
+/// so when the maps are created.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(
+            "cannot lift RLIMIT_MEMLOCK ({}): fine on Linux 5.11+",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// Capabilities that let a non-root process load and attach the probe
