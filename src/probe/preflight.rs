@@ -5,6 +5,8 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
+use aya::programs::ProgramType;
+use aya::sys::{is_helper_supported, BpfHelper};
 use log::{debug, info};
 
 /// Checks the host, in the order an operator would fix it; mounts tracefs
@@ -13,7 +15,8 @@ pub(super) fn check_host() -> Result<(), String> {
     check_privileges()?;
     raise_memlock();
     ensure_tracefs()?;
-    check_btf()
+    check_btf()?;
+    check_helpers()
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (64 KiB by default
@@ -78,11 +81,41 @@ fn check_btf() -> Result<(), String> {
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Ok(());
     }
-    Err(
-        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): \
-         the probe needs a kernel built with CONFIG_DEBUG_INFO_BTF"
-            .to_string(),
-    )
+    Err(format!(
+        "Linux {} has no BTF (/sys/kernel/btf/vmlinux is missing): the probe needs Linux \
+         {MINIMUM_KERNEL} or later built with CONFIG_DEBUG_INFO_BTF",
+        kernel_release()
+    ))
+}
+
+/// The oldest kernel the probe is tested on: CI boots it (scripts/test-kernels.sh).
+pub(super) const MINIMUM_KERNEL: &str = "5.10";
+
+/// This kernel's release, for messages only: what the kernel can do is asked
+/// of it, never read from its version.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "(unknown release)".to_string())
+}
+
+/// Kernels older than the minimum lack helpers every program uses; one line
+/// saying so beats the verifier's. The newest of them, bpf_probe_read_user
+/// (5.5), is asked of the kernel with a tiny program; when that cannot be
+/// told, loading the probe says what is missing.
+fn check_helpers() -> Result<(), String> {
+    match is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_probe_read_user) {
+        Ok(false) => Err(format!(
+            "Linux {} lacks the BPF helper bpf_probe_read_user (Linux 5.5): the probe needs \
+             Linux {MINIMUM_KERNEL} or later",
+            kernel_release()
+        )),
+        Ok(true) => Ok(()),
+        Err(e) => {
+            debug!("probing bpf_probe_read_user failed ({e}); loading the probe will tell");
+            Ok(())
+        }
+    }
 }
 
 const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
