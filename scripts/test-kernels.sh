@@ -182,6 +182,11 @@ guest() {
 	# that the host does not have: kernel_features.rs hides tracepoints under
 	# /sys/kernel/tracing only, and the daemon would still find them there.
 	if mountpoint -q /sys/kernel/debug; then umount /sys/kernel/debug; fi
+	# The daemon reads the ELF symbols of every binary that carries OpenSSL
+	# (node links it statically: ~100 MB) to attach its TLS uprobes; the
+	# first read over 9p under emulation outlasts the tests' 30 s start-up
+	# limit, so read them once into the guest's page cache first.
+	cat "$(command -v node)" >/dev/null 2>&1 || true
 	ip link set lo up
 	local offered=syscalls
 	[ -d /sys/kernel/tracing/events/sock/sock_recv_length ] && offered="socket syscalls"
