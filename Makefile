@@ -95,7 +95,7 @@ integration: test-deps
 # `make test-kernels KERNELS="5.10 6.1"` runs some of them alone.
 KERNELS    ?= 5.10 6.1 6.12
 # The kernels CI boots: only those whose run passes (main stays green).
-CI_KERNELS := 5.10
+CI_KERNELS := 5.10 6.1 6.12
 
 test-kernels: test-deps
 	scripts/test-kernels.sh $(KERNELS)

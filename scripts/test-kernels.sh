@@ -212,6 +212,11 @@ run_suite() {
 	local logf=$out/$path-$suite.log
 	start=$(date +%s)
 	echo "guest: $kernel $path $suite ..."
+	# SHS_TLS=off: these suites test plaintext counting on this kernel; with
+	# TLS on, the debug daemon's start-up scan of /usr/bin/node's 100 MB of
+	# symbols takes ~30 s under software emulation, past the harness's start
+	# timeout. HTTPS is tested on the host (tests/tls.rs).
+	export SHS_TLS=off
 	if [ "$path" = auto ]; then
 		env -u SHS_HOOKS timeout 1200 "$bin" --test-threads="$THREADS" "${args[@]}" >"$logf" 2>&1 || status=failed
 	else

@@ -31,15 +31,21 @@ pub struct Daemon {
     dir: TempDir,
 }
 
-/// `--hooks $SHS_HOOKS` unless the test chose a path itself: `make test`
-/// runs every suite once per hook path (issue 9), with the same assertions.
-fn hook_path_args(extra: &[&str]) -> Vec<String> {
-    match std::env::var("SHS_HOOKS") {
-        Ok(path) if !path.is_empty() && !extra.iter().any(|a| a.starts_with("--hooks")) => {
-            vec!["--hooks".to_string(), path]
+/// `--hooks $SHS_HOOKS` and `--tls $SHS_TLS` unless the test chose them
+/// itself: `make test` runs every suite once per hook path (issue 9), with
+/// the same assertions; scripts/test-kernels.sh runs the plaintext suites
+/// with `SHS_TLS=off` (see there why).
+fn args_from_env(extra: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (var, option) in [("SHS_HOOKS", "--hooks"), ("SHS_TLS", "--tls")] {
+        match std::env::var(var) {
+            Ok(value) if !value.is_empty() && !extra.iter().any(|a| a.starts_with(option)) => {
+                args.extend([option.to_string(), value]);
+            }
+            _ => {}
         }
-        _ => Vec::new(),
     }
+    args
 }
 
 impl Daemon {
@@ -111,7 +117,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(["--hostname", hostname, "--log-level", "info"])
-            .args(hook_path_args(extra))
+            .args(args_from_env(extra))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
