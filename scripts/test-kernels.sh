@@ -257,11 +257,15 @@ for k in "${kernels[@]}"; do
 	log "$k: booting $(basename "${vmlinuz[$k]}") (paths: $paths)"
 	start=$(date +%s)
 	rc=0
+	# QEMU re-opens /proc/self/fd/1 and 2 as files, truncating them: when our
+	# output goes to a log file, everything before the boot would be lost.
+	# Through cat, they are pipes.
 	timeout "$TIMEOUT" vng --disable-kvm --run "${vmlinuz[$k]}" --cpus 2 --memory 2G \
 		--rwdir "$RESULTS" \
 		--exec "PATH=$PATH SHS_KERNEL_PATH_SUITES='$PATH_SUITES' SHS_KERNEL_ONCE_SUITES='$ONCE_SUITES' \
 			SHS_KERNEL_TEST_THREADS=$THREADS \
-			scripts/test-kernels.sh --guest $k $out '$paths'" </dev/null || rc=$?
+			scripts/test-kernels.sh --guest $k $out '$paths'" </dev/null \
+		> >(cat) 2> >(cat >&2) || rc=$?
 	secs=$(($(date +%s) - start))
 	summary+=("$(printf '%-6s %-10s %-16s %-7s %5ss  %s' "$k" "(all)" "boot+run" \
 		"$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$secs" "")")
