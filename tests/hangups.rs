@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -57,55 +57,27 @@ print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
 
-struct ThreadedServer {
-    child: Child,
-    pid: u32,
-    port: u16,
+fn start_threaded_server() -> Server {
+    let mut command = Command::new(python());
+    command.args(["-u", "-c", THREADED_SERVER]);
+    Server::spawn_printing_port(
+        command,
+        TempDir::new("threaded"),
+        "the threaded python server",
+    )
 }
 
-impl ThreadedServer {
-    fn start() -> ThreadedServer {
-        let mut child = Command::new(python())
-            .args(["-u", "-c", THREADED_SERVER])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the threaded python server");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let Ok(port) = line.trim().parse() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the python server did not print its port (printed {line:?})");
-        };
-        ThreadedServer {
-            pid: child.id(),
-            child,
-            port,
-        }
-    }
-
-    /// How many requests the handler was given so far (this one excluded).
-    fn handled(&self) -> u64 {
-        let reply = tcp_exchange(
-            self.port,
-            b"GET /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        let text = String::from_utf8_lossy(&reply);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        body.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("GET /count answered {text:?}"))
-    }
-}
-
-impl Drop for ThreadedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// How many requests the handler was given so far (this one excluded).
+fn handled(server: &Server) -> u64 {
+    let reply = tcp_exchange(
+        server.port,
+        b"GET /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&reply);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    body.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("GET /count answered {text:?}"))
 }
 
 /// Connects, sends one request and hangs up at once: with a reset
@@ -156,7 +128,7 @@ fn two_thousand_hang_ups_leave_nothing_in_flight() {
         "{INFLIGHT} is {:?} before the test: another HTTP server on the host has requests in flight",
         inflight(&daemon)
     );
-    let server = ThreadedServer::start();
+    let server = start_threaded_server();
 
     // 4 clients x 500 hang-ups, alternating reset and orderly close.
     let port = server.port;
@@ -189,7 +161,7 @@ fn two_thousand_hang_ups_leave_nothing_in_flight() {
 
     // Exactly the requests the server's handler was given were counted, and
     // the count request itself.
-    let handled = server.handled();
+    let handled = handled(&server);
     let counts = observed_requests(&daemon, server.pid, handled + 1);
     assert_eq!(counts, Some(handled + 1), "requests counted for the server");
 }

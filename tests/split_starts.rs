@@ -18,7 +18,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use go::GoServer;
+use go::start_go_server;
 
 const DURATION_COUNT: &str = "http_server_request_duration_seconds_count";
 
@@ -105,7 +105,7 @@ const GET_INDEX_CLOSE: &str = "GET /index.html HTTP/1.1\r\nHost: x\r\nConnection
 #[test]
 fn go_net_http_keep_alive_load_is_counted_exactly() {
     let daemon = Daemon::start();
-    let server = GoServer::start();
+    let server = start_go_server();
     const CLIENTS: usize = 4;
     const PER_CLIENT: usize = 150;
 
@@ -149,7 +149,7 @@ fn go_net_http_keep_alive_load_is_counted_exactly() {
         statuses.len() as u64,
         total,
         "Go server log:\n{}",
-        server.log()
+        server.server_log()
     );
 
     wait_for_observed(
@@ -192,7 +192,7 @@ fn a_request_split_after_1_3_and_15_bytes_is_counted_by_python() {
 
 #[test]
 fn a_request_split_after_1_3_and_15_bytes_is_counted_by_go() {
-    let server = GoServer::start();
+    let server = start_go_server();
     split_requests_are_counted(server.pid, server.port);
 }
 
@@ -259,7 +259,8 @@ fn a_response_split_after_1_3_and_15_bytes_is_counted() {
     let daemon = Daemon::start();
     let mut command = Command::new(python());
     command.args(["-u", "-c", RESPONSE_SPLITTER]);
-    let server = PyProcess::spawn(command);
+    let server =
+        Server::spawn_printing_port(command, TempDir::new("splitter"), "the response splitter");
     for (row, &split) in SPLITS.iter().enumerate() {
         // A split response, then a whole one, on one connection.
         let mut stream = connect(server.port);
@@ -280,43 +281,5 @@ fn a_response_split_after_1_3_and_15_bytes_is_counted() {
             n,
             &[(200, n)],
         );
-    }
-}
-
-/// A script server that prints its port; SIGKILLed and reaped on drop.
-struct PyProcess {
-    child: std::process::Child,
-    pid: u32,
-    port: u16,
-}
-
-impl PyProcess {
-    fn spawn(mut command: Command) -> PyProcess {
-        use std::io::BufRead;
-        let mut child = command
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start a python server");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let Ok(port) = line.trim().parse() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the python server did not print its port (printed {line:?})");
-        };
-        PyProcess {
-            pid: child.id(),
-            child,
-            port,
-        }
-    }
-}
-
-impl Drop for PyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

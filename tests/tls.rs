@@ -15,7 +15,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -114,26 +114,12 @@ impl TlsServer {
 
     fn spawn_printing_port(kind: Kind, mut command: Command, cert: &Certificate) -> TlsServer {
         let dir = TempDir::new("tls-server");
-        let mut child = command
-            .arg(cert.cert())
-            .arg(cert.key())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(dir.path().join("server.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start the {kind:?} TLS server: {e}"));
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let Ok(port) = line.trim().parse() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the {kind:?} TLS server printed {line:?} instead of its port; stderr:\n{}",
-                fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
-            );
-        };
+        command.arg(cert.cert()).arg(cert.key());
+        let (child, port, mut stdout) = spawn_printing_port(
+            &mut command,
+            dir.path(),
+            &format!("the {kind:?} TLS server"),
+        );
         thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         TlsServer {
             kind,

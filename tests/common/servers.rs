@@ -44,7 +44,7 @@ impl Server {
 
     /// Runs `command` as a server that prints its port first; keeps
     /// draining its stdout so that it never blocks on a full pipe.
-    fn spawn_printing_port(mut command: Command, dir: TempDir, what: &str) -> Server {
+    pub fn spawn_printing_port(mut command: Command, dir: TempDir, what: &str) -> Server {
         let (child, port, mut stdout) = spawn_printing_port(&mut command, dir.path(), what);
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
         let pid = child.id();
