@@ -28,38 +28,14 @@ fn inflight(daemon: &Daemon) -> Option<f64> {
     values.first().copied()
 }
 
-/// python's ThreadingHTTPServer (HTTP/1.1, a thread per connection):
-/// `GET /` answers 200; `GET /count` answers with the number of requests
-/// the handler was given before it.
-const THREADED_SERVER: &str = r#"
-import http.server, threading
-lock = threading.Lock()
-handled = 0
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        global handled
-        with lock:
-            before = handled
-            handled += 1
-        body = (b"%d\n" % before) if self.path == "/count" else b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 4096
-    daemon_threads = True
-server = Server(("127.0.0.1", 0), Handler)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
-
+/// python's ThreadingHTTPServer (tests/fixtures/counting_threaded_server.py):
+/// `GET /count` answers how many requests the handler was given before it.
 fn start_threaded_server() -> Server {
     let mut command = Command::new(python());
-    command.args(["-u", "-c", THREADED_SERVER]);
+    command.args([
+        "-u".as_ref(),
+        fixture("counting_threaded_server.py").as_os_str(),
+    ]);
     Server::spawn_printing_port(
         command,
         TempDir::new("threaded"),

@@ -221,44 +221,11 @@ fn a_pipelined_batch_whose_second_request_is_split_is_counted() {
     }
 }
 
-/// A python server that answers `GET /split/K` with a 200 written in two
-/// sends: its first K bytes, then (after a pause) the rest.
-const RESPONSE_SPLITTER: &str = r#"
-import re, socket, threading, time
-body = b"split response\n"
-response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-def serve(conn):
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    with conn:
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                buf += data
-            head, buf = buf.split(b"\r\n\r\n", 1)
-            m = re.match(rb"GET /split/(\d+) ", head)
-            k = int(m.group(1)) if m else len(response)
-            conn.sendall(response[:k])
-            if k < len(response):
-                time.sleep(0.08)
-                conn.sendall(response[k:])
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", 0))
-listener.listen(64)
-print(listener.getsockname()[1], flush=True)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"#;
-
 #[test]
 fn a_response_split_after_1_3_and_15_bytes_is_counted() {
     let daemon = Daemon::start();
     let mut command = Command::new(python());
-    command.args(["-u", "-c", RESPONSE_SPLITTER]);
+    command.args(["-u".as_ref(), fixture("response_splitter.py").as_os_str()]);
     let server =
         Server::spawn_printing_port(command, TempDir::new("splitter"), "the response splitter");
     for (row, &split) in SPLITS.iter().enumerate() {
